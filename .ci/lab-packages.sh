@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Install everything the exprobe test lab (tests/lab/lab.py) needs, non-interactively.
+#
+# Idempotent: when every package is already installed and configured and
+# python-snap7 is importable, it does nothing but say so (set LAB_FORCE_APT=1 to
+# run apt anyway). It also repairs the state a plain `apt-get install inn2` leaves
+# on a host without an FQDN (inn2 half-configured; lab-notes pitfall 1).
+set -euo pipefail
+
+PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-utils
+          inn2 samba openssl tdb-tools tmux prometheus)
+SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"
+APT_OPTS=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
+          -o Dpkg::Options::=--force-confold --no-install-recommends)
+# The pyenv interpreter that runs the tests (not /usr/bin/python3).
+PY="${LAB_PYTHON:-python3}"
+
+export DEBIAN_FRONTEND=noninteractive
+log() { printf 'lab-packages: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+    log "must run as root"; exit 1
+fi
+
+missing_packages() {
+    local p st
+    for p in "${PACKAGES[@]}"; do
+        st=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
+        # "ii " = installed and configured; anything else (absent, iF, iU, ...) needs work.
+        [ "${st:0:2}" = "ii" ] || printf '%s\n' "$p"
+    done
+}
+
+# Pitfall 1: inn2's postinst runs innconfval, which fails when the host has no
+# FQDN and inn.conf sets no domain. Give inn.conf a domain and a pathhost.
+fix_inn_conf() {
+    local f=/etc/news/inn.conf
+    [ -f "$f" ] || return 0
+    if ! grep -qE '^domain:' "$f"; then
+        if grep -qE '^#domain:' "$f"; then
+            sed -i -E 's/^#domain:.*/domain:                      lab.test/' "$f"
+        else
+            printf 'domain:                      lab.test\n' >>"$f"
+        fi
+        log "inn2 fix-up: set domain: lab.test in $f"
+    fi
+    if grep -qE '^pathhost:[[:space:]]*server\.example\.net' "$f"; then
+        sed -i -E 's/^pathhost:.*/pathhost:                    news.lab.test/' "$f"
+        log "inn2 fix-up: set pathhost: news.lab.test in $f"
+    fi
+}
+
+# Keep postinst scripts from starting daemons on the host (there is no init here;
+# the lab starts its own daemons in a namespace). Only if no policy exists already.
+POLICY=/usr/sbin/policy-rc.d
+POLICY_CREATED=0
+cleanup() { if [ "$POLICY_CREATED" = 1 ]; then rm -f "$POLICY"; fi; }
+trap cleanup EXIT
+
+mapfile -t MISSING < <(missing_packages)
+if [ "${#MISSING[@]}" -gt 0 ] || [ "${LAB_FORCE_APT:-0}" = 1 ]; then
+    log "to install or repair: ${MISSING[*]:-(forced)}"
+    if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY"; chmod 755 "$POLICY"; POLICY_CREATED=1
+    fi
+    # postfix and slapd ask debconf questions; the lab writes its own configs.
+    debconf-set-selections <<'SEL'
+postfix postfix/main_mailer_type select No configuration
+postfix postfix/mailname string mail.lab.test
+slapd slapd/no_configuration boolean true
+slapd shared/organization string lab.test
+slapd slapd/domain string lab.test
+SEL
+    # A previous run may have left inn2 unpacked but unconfigured: repair first,
+    # otherwise apt refuses to do anything until `dpkg --configure -a` succeeds.
+    fix_inn_conf
+    dpkg --configure -a --force-confdef --force-confold || true
+    apt-get -q -o DPkg::Lock::Timeout=300 update
+    if ! apt-get install "${APT_OPTS[@]}" "${PACKAGES[@]}"; then
+        log "apt-get install failed; applying the inn2 fix-up and retrying the configuration"
+        fix_inn_conf
+        dpkg --configure -a --force-confdef --force-confold
+        apt-get install "${APT_OPTS[@]}" "${PACKAGES[@]}"
+    fi
+    fix_inn_conf
+    mapfile -t STILL < <(missing_packages)
+    if [ "${#STILL[@]}" -gt 0 ]; then
+        log "still not configured: ${STILL[*]}"; exit 1
+    fi
+else
+    log "all Debian packages already installed"
+fi
+
+if "$PY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("python-snap7") != sys.argv[1])' \
+        "$SNAP7_VERSION" 2>/dev/null; then
+    log "python-snap7 $SNAP7_VERSION already installed for $("$PY" -c 'import sys; print(sys.executable)')"
+else
+    # The machine's pip config names local indexes that may not exist (pitfall 10).
+    "$PY" -m pip install -q "python-snap7==$SNAP7_VERSION" 2>&1 | grep -v "is ignored" >&2 || true
+    "$PY" -c 'import snap7.server' || { log "python-snap7 did not install"; exit 1; }
+fi
+log "done"

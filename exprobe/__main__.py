@@ -1,0 +1,5 @@
+"""`python -m exprobe`."""
+
+from exprobe.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""The `exprobe` command.  Thin: parse, load, run, render, exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from exprobe import __version__
+from exprobe.errors import InputError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="exprobe",
+    help="Will each Exchange scenario work through this network path, and which hop breaks it?",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+FORMATS = ("table", "json", "jsonl", "nagios", "prometheus", "junit")
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def fail_input(message: str) -> NoReturn:
+    """One line on stderr naming the problem; exit 2."""
+    sys.stderr.write(f"exprobe: error: {message}\n")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def use_color(no_color: bool, stream: Any) -> bool:
+    return not no_color and "NO_COLOR" not in os.environ and stream.isatty()
+
+
+def make_console(no_color: bool, *, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    color = use_color(no_color, stream)
+    return Console(
+        file=stream,
+        no_color=not color,
+        color_system="auto" if color else None,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        soft_wrap=False,
+        width=None if stream.isatty() else 160,
+    )
+
+
+def raise_nofile_limit() -> int:
+    """Raise the open-file soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when installed (EXPROBE_LOOP=asyncio forces the stdlib loop)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if os.environ.get("EXPROBE_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"exprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """exprobe: active prober for Microsoft Exchange network paths."""
+
+
+def install_interrupts(task: asyncio.Task[Any]) -> dict[str, int]:
+    """Ctrl-C and SIGTERM cancel the run; the caller reports what finished."""
+    got: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int) -> None:
+        got.setdefault("signal", signum)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler, sig)
+    return got
+
+
+def family_of(ipv4: bool, ipv6: bool) -> int:
+    if ipv4 and ipv6:
+        fail_input("-4 and -6 exclude each other")
+    return socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from exprobe import commands  # noqa: F401 - registers the sub-commands
+
+    try:
+        app()
+    except InputError as exc:
+        sys.stderr.write(f"exprobe: error: {exc}\n")
+        sys.exit(EXIT_USAGE)

@@ -1,0 +1,353 @@
+"""`exprobe run`: probe targets with ad hoc checks or a profile's scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from exprobe.cli import (
+    FORMATS,
+    app,
+    family_of,
+    install_interrupts,
+    make_console,
+    raise_nofile_limit,
+    run_async,
+)
+from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets
+from exprobe.engine.session import Session
+from exprobe.errors import InputError
+from exprobe.report import render, status_exit_code
+from exprobe.report.jsonfmt import JsonLinesWriter
+from exprobe.report.output import check_writable, emit
+from exprobe.result import CheckResult, RunReport
+
+# Typer option declarations shared with `watch`.
+TargetsArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Host names, addresses, [v6]:port, CIDR blocks.", show_default=False),
+]
+TargetsFile = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-T",
+        "--targets-file",
+        help="File of targets (one per line, # comments, key=value labels).",
+        show_default=False,
+    ),
+]
+PortOpt = Annotated[
+    list[int] | None,
+    typer.Option("--port", help="TCP connect check on this port (repeatable).", show_default=False),
+]
+CheckOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--check",
+        help="PROBE[:PORT[:TLS]], e.g. smtp:25:starttls (repeatable).",
+        show_default=False,
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--profile",
+        help="Profile name (see `exprobe profiles list`) or TOML file.",
+        show_default=False,
+    ),
+]
+ScenarioOpt = Annotated[
+    list[str] | None,
+    typer.Option("--scenario", help="Only this scenario (repeatable).", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a profile check parameter: CHECK.PARAM=VALUE.", show_default=False
+    ),
+]
+
+
+def make_engine_args(**kw: Any) -> EngineArgs:
+    return EngineArgs(**kw)
+
+
+@app.command()
+def run(
+    targets: TargetsArg = None,
+    targets_file: TargetsFile = None,
+    port: PortOpt = None,
+    check: CheckOpt = None,
+    profile: ProfileOpt = None,
+    scenario: ScenarioOpt = None,
+    set_: SetOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, json, jsonl, nagios, prometheus or junit.")
+    ] = "table",
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o", "--output", help="Write the report to this file (atomically).", show_default=False
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Whole-check deadline, seconds.")
+    ] = 10.0,
+    connect_timeout: Annotated[
+        float, typer.Option("--connect-timeout", help="TCP connect deadline, seconds.")
+    ] = 3.0,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Extra connect attempts after a connect timeout.")
+    ] = 0,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            help="Checks in flight at once (default 512, capped by the open-file limit).",
+            show_default=False,
+        ),
+    ] = None,
+    per_host: Annotated[int, typer.Option("--per-host", help="Checks in flight per address.")] = 4,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            help="New connections per second (all addresses together).",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Bind this local source address.", show_default=False),
+    ] = None,
+    ipv4: Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")] = False,
+    ipv6: Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")] = False,
+    tls_verify: Annotated[
+        bool,
+        typer.Option(
+            "--tls-verify", help="An untrusted or mismatched certificate fails the check."
+        ),
+    ] = False,
+    ca_file: Annotated[
+        str | None,
+        typer.Option("--ca-file", help="Trust these CA certificates (PEM).", show_default=False),
+    ] = None,
+    cert_warn_days: Annotated[
+        int,
+        typer.Option(
+            "--cert-warn-days", help="Warn when a certificate expires within this many days."
+        ),
+    ] = 14,
+    port_offset: Annotated[
+        int,
+        typer.Option(
+            "--port-offset", help="Add N to every port (mirrors `exprobe listen --port-offset`)."
+        ),
+    ] = 0,
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            "--expect",
+            help="Expectations (TOML) that must hold from this vantage point.",
+            show_default=False,
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="Compare with an earlier JSON report and show what changed.",
+            show_default=False,
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            help="Consent to large scans (> 65,536 addresses, public ranges wider than /24).",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "-v", "--verbose", help="Details: checks under scenarios, transcripts in JSON."
+        ),
+    ] = False,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
+    ] = False,
+) -> None:
+    """Probe TARGETS and report each check (or each scenario, with -p)."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if output:
+        check_writable(output)
+    family = family_of(ipv4, ipv6)
+    if profile and (port or check):
+        raise InputError("-p/--profile and --port/--check exclude each other")
+    if (scenario or set_) and not profile:
+        raise InputError("--scenario and --set need -p/--profile")
+
+    scenarios: list[Any] = []
+    profile_info: dict[str, Any] | None = None
+    if profile:
+        from exprobe.profile import load_profile
+
+        prof = load_profile(profile).with_overrides(set_ or [])
+        defs, scenarios = prof.select(scenario or [])
+        profile_info = prof.info()
+    else:
+        defs = adhoc_defs(port or [], check or [])
+    target_list = gather_targets(targets or [], targets_file or [], yes=yes)
+    if not defs and not any(t.port for t in target_list):
+        raise InputError("nothing to check: give --port, --check, -p PROFILE, or host:port targets")
+
+    expectations = None
+    if expect:
+        from exprobe.expect import load_expectations
+
+        expectations = load_expectations(expect)
+    before = None
+    if baseline:
+        from exprobe.diff import load_report
+
+        before = load_report(baseline)
+
+    fd_limit = raise_nofile_limit()
+    engine = make_engine_args(
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        retries=retries,
+        concurrency=concurrency,
+        per_host=per_host,
+        rate=rate,
+        source=source,
+        tls_verify=tls_verify,
+        ca_file=ca_file,
+        cert_warn_days=cert_warn_days,
+        verbose=verbose,
+        port_offset=port_offset,
+    )
+    opts, limits = engine.build(fd_limit)
+    session = Session(
+        target_list,
+        defs,
+        opts,
+        limits,
+        family,
+        keep_results=not (
+            fmt == "jsonl" and not scenarios and expectations is None and before is None
+        ),
+    )
+    session.report.profile = profile_info
+    report, signum = execute(session, fmt=fmt, output=output, verbose=verbose, no_color=no_color)
+
+    if scenarios:
+        from exprobe.engine.evaluate import evaluate
+
+        evaluate(report, scenarios)
+    failed_expectations = False
+    if expectations is not None:
+        failed_expectations = not expectations.apply(report)
+    if fmt == "table" and not output:
+        render_to_terminal(report, verbose, no_color)
+    elif fmt != "jsonl":
+        emit(render(fmt, report, verbose=verbose), output)
+    elif scenarios or expectations is not None:
+        with (
+            Path(output).open("a", encoding="utf-8")
+            if output
+            else contextlib.nullcontext(sys.stdout) as out
+        ):
+            writer = JsonLinesWriter(out)
+            for t in report.targets:
+                for v in t.scenarios:
+                    writer.record("scenario", {"target": t.target, **v.to_dict()})
+            writer.record("summary", report.summary())
+    if before is not None:
+        from exprobe.diff import diff_reports, render_diff
+
+        changes = diff_reports(before, report.to_dict())
+        make_console(no_color, stderr=fmt != "table").print(render_diff(changes, "table"))
+        if changes.regressions:
+            failed_expectations = True
+    if signum:
+        raise typer.Exit(128 + signum)
+    code = status_exit_code(fmt, report, failed_expectations)
+    raise typer.Exit(code)
+
+
+def render_to_terminal(report: RunReport, verbose: bool, no_color: bool) -> None:
+    from exprobe.report.table import render_table
+
+    render_table(report, make_console(no_color), verbose=verbose)
+
+
+def execute(
+    session: Session, *, fmt: str, output: str | None, verbose: bool, no_color: bool
+) -> tuple[RunReport, int]:
+    """Run the session with streaming output and a progress bar; handle Ctrl-C/SIGTERM."""
+    jsonl: JsonLinesWriter | None = None
+    jsonl_file = None
+    if fmt == "jsonl":
+        if output:
+            jsonl_file = Path(output).open("w", encoding="utf-8")  # noqa: SIM115 - closed below
+        jsonl = JsonLinesWriter(jsonl_file or sys.stdout, verbose=verbose)
+    err = make_console(no_color, stderr=True)
+    show_progress = sys.stderr.isatty() and fmt != "jsonl"
+    signals: dict[str, dict[str, int]] = {}
+
+    async def main() -> RunReport:
+        task = asyncio.current_task()
+        assert task is not None
+        signals["seen"] = install_interrupts(task)
+        progress_cm: Any = contextlib.nullcontext()
+        advance = None
+        if show_progress:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            progress = Progress(
+                TextColumn("probing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            progress_cm = progress
+            task_id = progress.add_task("checks", total=None)
+
+            def advance() -> None:
+                progress.update(task_id, advance=1, total=max(session.total_planned, 1))
+
+        def on_result(r: CheckResult) -> None:
+            if jsonl is not None:
+                jsonl.result(r)
+            if advance is not None:
+                advance()
+
+        with progress_cm:
+            return await session.run(on_result)
+
+    try:
+        report = run_async(main())
+    finally:
+        if jsonl_file is not None:
+            jsonl_file.close()
+    signum = signals.get("seen", {}).get("signal", 0)
+    if signum == 0 and report.interrupted:
+        signum = signal.SIGINT
+    return report, int(signum)

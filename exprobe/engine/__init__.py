@@ -1,0 +1,1 @@
+"""Plan, schedule and evaluate: knows checks and results, never a protocol."""

@@ -1,0 +1,84 @@
+"""Cross targets with checks: the deduplicated, lazily generated list of work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from exprobe.probes import load_all
+from exprobe.probes.base import CheckSpec, Params
+from exprobe.targets import Resolved
+
+
+@dataclass(frozen=True, slots=True)
+class CheckDef:
+    """A check before it meets an address: probe, parameters, port (None: the default)."""
+
+    id: str
+    probe: str
+    params: Params
+    port: int | None = None
+
+    def resolved_port(self, offset: int = 0) -> int:
+        port = load_all()[self.probe].port_for(self.params, self.port)
+        return port + offset if offset else port
+
+
+def adhoc_id(probe: str, port: int, tls: str) -> str:
+    """The id of a check given on the command line: `tcp:25`, `smtp:25:starttls`."""
+    return f"{probe}:{port}" if tls == "none" else f"{probe}:{port}:{tls}"
+
+
+def checks_for(target_port: int | None, defs: list[CheckDef], offset: int) -> list[CheckDef]:
+    """A target that names its own port (`host:2525`) gets every probe on that port."""
+    if target_port is None:
+        return defs
+    out: dict[str, CheckDef] = {}
+    for d in defs or [CheckDef("", "tcp", load_all()["tcp"].params_type())]:
+        cid = adhoc_id(d.probe, target_port, d.params.tls)
+        out.setdefault(cid, CheckDef(cid, d.probe, d.params, target_port - offset))
+    return list(out.values())
+
+
+def plan(
+    targets: Iterable[Resolved], defs: list[CheckDef], *, port_offset: int = 0
+) -> Iterator[CheckSpec]:
+    """One `CheckSpec` per (address, check), each address probed once however often listed.
+
+    Unresolvable names yield one check per definition with no address; the runner turns
+    those into `dns-error` results without touching the network.
+    """
+    seen: set[tuple[str, str]] = set()
+    for res in targets:
+        t = res.target
+        host_defs = checks_for(t.port, defs, port_offset)
+        name = t.host
+        if res.error:
+            for d in host_defs:
+                yield CheckSpec(
+                    d.id,
+                    d.probe,
+                    None,
+                    d.resolved_port(port_offset),
+                    d.params,
+                    t.text,
+                    server_name=name,
+                    labels=t.labels,
+                )
+            continue
+        for address in res.addresses:
+            for d in host_defs:
+                key = (address, d.id)
+                if key in seen:
+                    continue
+                seen.add(key)
+                yield CheckSpec(
+                    d.id,
+                    d.probe,
+                    address,
+                    d.resolved_port(port_offset),
+                    d.params,
+                    t.text,
+                    server_name=name,
+                    labels=t.labels,
+                )

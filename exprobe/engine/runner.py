@@ -1,0 +1,201 @@
+"""Run one check: connect, deadline, timing, error classification.
+
+This is the envelope every probe runs in.  It owns the socket and the deadline; a
+probe only speaks.  Every exception is mapped to a status here (via `exprobe.status`),
+and an exception nobody expected becomes `internal-error` for this check only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from exprobe.errors import ProbeError
+from exprobe.net.connect import connect_only, open_stream
+from exprobe.net.stream import Stream
+from exprobe.net.tls import TlsOptions
+from exprobe.probes import load_all
+from exprobe.probes.base import CheckSpec, ProbeContext
+from exprobe.result import CheckResult, now_iso
+from exprobe.status import (
+    Classified,
+    PortState,
+    Status,
+    classify_connect_error,
+    classify_io_error,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Knobs that apply to every check of a run."""
+
+    connect_timeout: float = 3.0
+    timeout: float = 10.0  # whole-check deadline, connect included
+    retries: int = 0  # extra connect attempts after a connect timeout
+    source: str | None = None
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    verbose: bool = False
+    port_offset: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A finished check plus the follow-up checks it asked for."""
+
+    result: CheckResult
+    derived: list[CheckSpec]
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
+    """Run `check` to completion within `opts.timeout`; never raises except CancelledError."""
+    started_at = now_iso()
+    t0 = time.perf_counter()
+    ctx = ProbeContext(check=check, tls_options=opts.tls, verbose=opts.verbose)
+    connect_ms: float | None = None
+    stream: Stream | None = None
+    classified: Classified | None = None
+    message = ""
+
+    if check.address is None:
+        return Outcome(
+            _result(
+                check,
+                ctx,
+                Status.DNS_ERROR,
+                PortState.UNKNOWN,
+                "resolve",
+                t0,
+                None,
+                started_at,
+                "name did not resolve",
+            ),
+            [],
+        )
+    spec = load_all()[check.probe]
+    phase = "connect"
+    try:
+        async with asyncio.timeout(opts.timeout):
+            ctx.step("connect")
+            attempts = 0
+            while True:
+                attempts += 1
+                try:
+                    async with asyncio.timeout(opts.connect_timeout):
+                        if spec.func is None:
+                            await connect_only(check.address, check.port, source=opts.source)
+                        else:
+                            stream = await open_stream(
+                                check.address, check.port, source=opts.source
+                            )
+                    break
+                except TimeoutError:
+                    if attempts > opts.retries:
+                        raise
+            connect_ms = _ms(t0)
+            if attempts > 1:
+                ctx.facts["connect_attempts"] = attempts
+            phase = "io"
+            if stream is not None and spec.func is not None:
+                if check.params.tls == "implicit":
+                    await ctx.start_tls(stream)
+                await spec.func(stream, check.params, ctx)
+    except ProbeError as exc:
+        classified = Classified(exc.status, PortState.OPEN, exc.message)
+        ctx.facts.update(exc.facts)
+    except asyncio.CancelledError:
+        if stream is not None:
+            stream.abort()
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError | EOFError | TimeoutError | ConnectionError):
+            classified = (
+                classify_connect_error(exc) if phase == "connect" else classify_io_error(exc)
+            )
+            if classified.errno_name:
+                ctx.facts["errno"] = classified.errno_name
+            if phase == "io" and classified.status is Status.CONNECTION_CLOSED:
+                ctx.facts.setdefault(
+                    "closed_note",
+                    "closed by the server or by an inspection device in the path",
+                )
+        else:
+            classified = Classified(
+                Status.INTERNAL_ERROR,
+                PortState.OPEN if phase == "io" else PortState.UNKNOWN,
+                f"bug in exprobe: {type(exc).__name__}: {exc}",
+            )
+            if opts.verbose:
+                ctx.facts["traceback"] = traceback.format_exc(limit=20)
+    finally:
+        if stream is not None:
+            if classified is None:
+                await _close_quietly(stream)
+            else:
+                stream.abort()  # a failed check must not outlive its deadline saying goodbye
+
+    if classified is None:
+        status, state = Status.SUCCESS, PortState.OPEN
+        failed_step = None
+        message = ctx.summary or "connected"
+        ctx.finish_steps()
+    else:
+        status, state = classified.status, classified.port_state
+        failed_step = ctx.current_step
+        message = classified.reason
+        ctx.finish_steps(outcome=status.value)
+    result = _result(
+        check, ctx, status, state, failed_step, t0, connect_ms, started_at, message, stream
+    )
+    return Outcome(result, ctx.derived if status is Status.SUCCESS or ctx.derived else [])
+
+
+async def _close_quietly(stream: Stream) -> None:
+    try:
+        await stream.close()
+    except Exception:
+        stream.abort()
+
+
+def _result(
+    check: CheckSpec,
+    ctx: ProbeContext,
+    status: Status,
+    state: PortState,
+    failed_step: str | None,
+    t0: float,
+    connect_ms: float | None,
+    started_at: str,
+    message: str,
+    stream: Stream | None = None,
+) -> CheckResult:
+    steps = tuple(
+        {"step": s.name, "elapsed_ms": s.elapsed_ms, "outcome": s.outcome} for s in ctx.steps
+    )
+    return CheckResult(
+        id=check.id,
+        probe=check.probe,
+        target=check.target,
+        address=check.address,
+        port=check.port,
+        status=status,
+        port_state=state,
+        failed_step=failed_step,
+        elapsed_ms=_ms(t0),
+        connect_ms=connect_ms,
+        started_at=started_at,
+        message=message,
+        tls=check.params.tls,
+        facts=ctx.facts,
+        warnings=tuple(ctx.warnings),
+        steps=steps,
+        transcript=tuple(stream.transcript.as_list()) if stream is not None else (),
+        parent=check.parent,
+        labels=dict(check.labels),
+    )

@@ -1,0 +1,1 @@
+"""Sockets, streams and TLS: the only place exprobe touches the network."""

@@ -1,0 +1,141 @@
+"""Human output: rich tables.  Network text is shown as `Text`, never parsed as markup."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from exprobe.report.safe import printable
+from exprobe.result import CheckResult, RunReport, ScenarioVerdict
+from exprobe.status import PortState, Status
+
+STATE_STYLE = {
+    PortState.OPEN: "green",
+    PortState.CLOSED: "yellow",
+    PortState.FILTERED: "red",
+    PortState.UNKNOWN: "magenta",
+}
+STATUS_STYLE = {
+    Status.SUCCESS: "green",
+    Status.CONNECTION_REFUSED: "yellow",
+    Status.CONNECTION_TIMEOUT: "red",
+    Status.UNREACHABLE: "red",
+    Status.IO_TIMEOUT: "red",
+    Status.DNS_ERROR: "magenta",
+    Status.INTERNAL_ERROR: "bold magenta",
+    Status.SKIPPED: "dim",
+}
+
+
+def status_text(r: CheckResult) -> Text:
+    return Text(r.status.value, style=STATUS_STYLE.get(r.status, "bold red"))
+
+
+def state_text(r: CheckResult) -> Text:
+    return Text(r.port_state.value, style=STATE_STYLE[r.port_state])
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.2f}s" if v >= 1000 else f"{v:.0f}ms" if v >= 10 else f"{v:.1f}ms"
+
+
+def checks_table(results: list[CheckResult], *, verbose: bool = False) -> Table:
+    table = Table(show_edge=False, header_style="bold", pad_edge=False)
+    for col in ("target", "address", "port", "check", "state", "status", "time", "detail"):
+        table.add_column(col, no_wrap=col != "detail", overflow="fold")
+    for r in results:
+        detail = r.message if r.ok or not r.failed_step else f"{r.failed_step}: {r.message}"
+        if r.warnings:
+            detail += "  ⚠ " + "; ".join(r.warnings[:2])
+        table.add_row(
+            Text(printable(r.target, 40)),
+            Text(r.address or "-"),
+            str(r.port),
+            Text(r.id),
+            state_text(r),
+            status_text(r),
+            _ms(r.elapsed_ms),
+            Text(printable(detail, 400 if verbose else 120)),
+        )
+    return table
+
+
+def verdict_text(v: ScenarioVerdict) -> Text:
+    return Text(v.verdict.upper(), style="bold green" if v.passed else "bold red")
+
+
+def scenarios_table(report: RunReport, *, verbose: bool = False) -> Table | Group:
+    table = Table(show_edge=False, header_style="bold", pad_edge=False)
+    for col in ("target", "address", "scenario", "verdict", "reason"):
+        table.add_column(col, no_wrap=col not in ("reason", "scenario"), overflow="fold")
+    by_id: dict[tuple[str | None, str], CheckResult] = {}
+    for t in report.targets:
+        for r in t.results:
+            by_id[(r.address, r.id)] = r
+    trees: list[Tree] = []
+    for t in report.targets:
+        for v in t.scenarios:
+            reason = v.reason
+            if v.warnings:
+                reason += "  ⚠ " + "; ".join(v.warnings[:2])
+            table.add_row(
+                Text(printable(t.target, 40)),
+                Text(v.address or "-"),
+                Text(printable(v.title, 60)),
+                verdict_text(v),
+                Text(printable(reason, 400), style="" if v.passed else "red"),
+            )
+            if verbose:
+                tree = Tree(
+                    Text.assemble(verdict_text(v), " ", printable(v.title), f"  {v.address}")
+                )
+                for cid in v.checks:
+                    found = by_id.get((v.address, cid))
+                    if found is None:
+                        tree.add(Text(f"{cid}: not run", style="dim"))
+                        continue
+                    r = found
+                    tree.add(
+                        Text.assemble(
+                            f"{cid} ",
+                            (f"{r.port}", "bold"),
+                            " ",
+                            state_text(r),
+                            " ",
+                            status_text(r),
+                            " ",
+                            printable(r.message, 160),
+                        )
+                    )
+                for h in v.hints:
+                    tree.add(Text("hint: " + printable(h, 300), style="cyan"))
+                trees.append(tree)
+    if trees:
+        return Group(table, *trees)
+    return table
+
+
+def render_table(report: RunReport, console: Console, *, verbose: bool = False) -> None:
+    """The whole report for a terminal."""
+    if report.all_verdicts():
+        console.print(scenarios_table(report, verbose=verbose))
+        if verbose:
+            console.print()
+            console.print(checks_table(report.all_results(), verbose=True))
+    else:
+        console.print(checks_table(report.all_results(), verbose=verbose))
+    for t in report.targets:
+        if t.error:
+            console.print(Text(f"{printable(t.target)}: {printable(t.error)}", style="magenta"))
+    s = report.summary()
+    parts = [f"{n} {k}" for k, n in s["by_status"].items()]
+    line = f"{s['checks']} checks on {s['addresses']} addresses: " + ", ".join(parts)
+    if "scenarios" in s:
+        line += f"; scenarios {s['scenarios']['pass']} pass, {s['scenarios']['fail']} fail"
+    if report.interrupted:
+        line += " (interrupted)"
+    console.print(Text(line, style="dim"))
