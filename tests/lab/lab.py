@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import ctypes
 import datetime as dt
-import errno
 import ipaddress
 import json
 import logging
@@ -41,9 +40,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import Any, TypeAlias
 
 log = logging.getLogger("exprobe.lab")
 
@@ -62,6 +61,9 @@ SPARE_ADDR = "10.250.0.6"
 CLI_ADDR6 = "fd00:e5::1"
 SRV_ADDR6 = "fd00:e5::2"
 SRV_ADDRS = (SRV_ADDR, SAMBA_ADDR, EXPIRED_ADDR, WRONGNAME_ADDR, SPARE_ADDR)
+# The main daemons listen here, not on the wildcard: 993/465 on EXPIRED_ADDR and
+# WRONGNAME_ADDR belong to openssl s_server, and nothing may answer on SPARE_ADDR.
+LISTEN_ADDRS = ("127.0.0.1", "::1", SRV_ADDR, SRV_ADDR6)
 
 SMTP_BANNER = "220 mail.lab.test ESMTP Postfix (exprobe lab)"
 SERVER_NAMES = ("mail.lab.test", "news.lab.test", "ldap.lab.test", "lab.test")
@@ -131,7 +133,7 @@ REQUIRED_TOOLS: dict[str, str] = {
     "nmap": "nmap",
 }
 
-PortSpec = Union[int, str, tuple[str, Union[int, str]]]
+PortSpec: TypeAlias = int | str | tuple[str, int | str]
 
 
 class LabError(RuntimeError):
@@ -151,7 +153,7 @@ def _run(
     *,
     check: bool = True,
     timeout: float = 30.0,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
@@ -164,9 +166,8 @@ def _run(
         check=False,
     )
     if check and proc.returncode != 0:
-        raise LabError(
-            f"command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}".rstrip()
-        )
+        output = (proc.stdout + proc.stderr).rstrip()
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(argv)}\n{output}")
     return proc
 
 
@@ -246,9 +247,7 @@ def preflight() -> str | None:
     try:
         import snap7.server  # noqa: F401
     except ImportError:
-        return (
-            f"python-snap7 is not importable by {sys.executable}; run `bash .ci/lab-packages.sh`"
-        )
+        return f"python-snap7 is not importable by {sys.executable}; run `bash .ci/lab-packages.sh`"
     proc = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return f"`ip netns` does not work here: {proc.stderr.strip()}"
@@ -284,7 +283,7 @@ def in_netns(ns: str) -> Iterator[None]:
 
 
 def netns_socket(
-    ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM  # noqa: A002
+    ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
 ) -> socket.socket:
     """A new socket that lives in network namespace ``ns``."""
     with in_netns(ns):
@@ -400,7 +399,7 @@ def make_tls(directory: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     day = dt.timedelta(days=1)
 
     def key() -> rsa.RSAPrivateKey:
@@ -445,7 +444,9 @@ def make_tls(directory: Path) -> None:
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -492,15 +493,17 @@ def make_tls(directory: Path) -> None:
         x509.IPAddress(ipaddress.ip_address(SRV_ADDR6)),
     ]
     server = leaf("mail.lab.test", server_sans, now - day, now + 825 * day)
-    expired = leaf(
-        "mail.lab.test", [x509.DNSName("mail.lab.test")], now - 60 * day, now - 30 * day
-    )
+    expired = leaf("mail.lab.test", [x509.DNSName("mail.lab.test")], now - 60 * day, now - 30 * day)
     wrong = leaf("wrong.example", [x509.DNSName("wrong.example")], now - day, now + 825 * day)
 
     _mkdir(directory)
     _write(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM).decode())
     _write(directory / "ca.key", pem_key(ca_key), 0o600)
-    for stem, (cert_pem, key_pem) in (("server", server), ("expired", expired), ("wrongname", wrong)):
+    for stem, (cert_pem, key_pem) in (
+        ("server", server),
+        ("expired", expired),
+        ("wrongname", wrong),
+    ):
         _write(directory / f"{stem}.crt", cert_pem)
         _write(directory / f"{stem}.key", key_pem, 0o600)
     # Copies of the server key for daemons that read it after dropping root (pitfall 8).
@@ -537,7 +540,14 @@ class ProcRecord:
         return self.state() == "running"
 
     def save(self) -> None:
-        data = {k: v for k, v in asdict(self).items() if k != "popen"}
+        data = {
+            "name": self.name,
+            "pid": self.pid,
+            "start": self.start,
+            "ns": self.ns,
+            "argv": self.argv,
+            "log": self.log,
+        }
         _write(PID_DIR / f"{self.name}.json", json.dumps(data))
 
     @classmethod
@@ -642,7 +652,7 @@ class Lab:
             def run() -> None:
                 try:
                     fn()
-                except BaseException as e:  # noqa: BLE001 - re-raised below
+                except BaseException as e:
                     errors.append(e)
 
             return run
@@ -790,9 +800,13 @@ class Lab:
 
     def firewall_rules(self) -> str:
         """The rules as the kernel has them (``nft list table``)."""
-        return _run(ns_argv(SRV_NS, ["nft", "list", "table", "inet", NFT_TABLE]), check=False).stdout
+        return _run(
+            ns_argv(SRV_NS, ["nft", "list", "table", "inet", NFT_TABLE]), check=False
+        ).stdout
 
-    def set_netem(self, delay_ms: float = 0.0, loss_pct: float = 0.0, jitter_ms: float = 0.0) -> None:
+    def set_netem(
+        self, delay_ms: float = 0.0, loss_pct: float = 0.0, jitter_ms: float = 0.0
+    ) -> None:
         """Delay and/or lose packets the client sends (``tc netem`` on xp-cli0)."""
         argv = ["tc", "qdisc", "replace", "dev", CLI_IF, "root", "netem"]
         if delay_ms or jitter_ms:
@@ -818,7 +832,7 @@ class Lab:
         self,
         argv: Sequence[str],
         timeout: float = 60.0,
-        input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         *,
         check: bool = False,
@@ -835,7 +849,7 @@ class Lab:
         self,
         argv: Sequence[str],
         timeout: float = 60.0,
-        input: str | bytes | None = None,  # noqa: A002
+        input: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         *,
         check: bool = False,
@@ -849,7 +863,11 @@ class Lab:
         self, *args: str, timeout: float = 120.0, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[Any]:
         """Run ``python -m exprobe ARGS`` from this checkout inside exprobe-cli."""
-        extra = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        extra = {
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            )
+        }
         extra.update(env or {})
         return self.run_cli([sys.executable, "-m", "exprobe", *args], timeout=timeout, env=extra)
 
@@ -858,7 +876,7 @@ class Lab:
         ns: str,
         argv: Sequence[str],
         timeout: float,
-        input: str | bytes | None,  # noqa: A002
+        input: str | bytes | None,
         env: Mapping[str, str] | None,
         check: bool,
         text: bool,
@@ -961,6 +979,10 @@ class Lab:
             "LOG": str(LOG_DIR),
             "TLS": str(TLS_DIR),
             "SAMBA_ADDR": SAMBA_ADDR,
+            "SRV_ADDR": SRV_ADDR,
+            "SRV_ADDR6": SRV_ADDR6,
+            "LISTEN_POSTFIX": ", ".join(f"[{a}]" if ":" in a else a for a in LISTEN_ADDRS),
+            "LISTEN_DOVECOT": ", ".join(LISTEN_ADDRS),
             "MAIL_UID": str(mail.pw_uid),
             "MAIL_GID": str(mail.pw_gid),
         }
@@ -1018,7 +1040,10 @@ class Lab:
             base / "db",
             base / "tmp",
             base / "http",
-            *(base / "spool" / s for s in ("articles", "overview", "incoming", "outgoing", "archive")),
+            *(
+                base / "spool" / s
+                for s in ("articles", "overview", "incoming", "outgoing", "archive")
+            ),
             base / "spool" / "incoming" / "bad",
             RUN_DIR / "news",
             LOG_DIR / "news",
@@ -1035,7 +1060,11 @@ class Lab:
         self._as_news([str(INN_BIN / "makedbz"), "-i", "-o"], cwd=db)
 
     def _as_news(
-        self, argv: Sequence[str], cwd: Path | None = None, check: bool = True, timeout: float = 30.0
+        self,
+        argv: Sequence[str],
+        cwd: Path | None = None,
+        check: bool = True,
+        timeout: float = 30.0,
     ) -> subprocess.CompletedProcess[str]:
         full = ["setpriv", "--reuid=news", "--regid=news", "--init-groups", *argv]
         env = {**os.environ, "INNCONF": str(INNCONF)}
@@ -1062,28 +1091,61 @@ class Lab:
     def _start_daemons(self) -> None:
         tls = TLS_DIR
         inn_env = {"INNCONF": str(INNCONF)}
+        hosts = [f"[{a}]" if ":" in a else a for a in LISTEN_ADDRS]
+        urls = [f"{scheme}://{h}/" for scheme in ("ldap", "ldaps") for h in hosts]
+        urls.append("ldapi://" + str(RUN_DIR / "slapd" / "ldapi").replace("/", "%2F"))
         self._daemon("dovecot", ["dovecot", "-F", "-c", str(ETC_DIR / "dovecot.conf")])
         self._daemon("postfix", [POSTFIX_MASTER, "-c", str(ETC_DIR / "postfix"), "-d"])
         self._daemon(
             "slapd",
             [
                 "slapd", "-d", "0",
-                "-h", "ldap:/// ldaps:/// ldapi://" + str(RUN_DIR / "slapd" / "ldapi").replace("/", "%2F"),
+                "-h", " ".join(urls),
                 "-u", "openldap", "-g", "openldap",
                 "-F", str(VAR_DIR / "slapd" / "slapd.d"),
             ],
         )  # fmt: skip
         self._daemon(
             "innd",
-            ["setpriv", "--reuid=news", "--regid=news", "--init-groups", str(INN_BIN / "innd"), "-f"],
+            [
+                "setpriv",
+                "--reuid=news",
+                "--regid=news",
+                "--init-groups",
+                str(INN_BIN / "innd"),
+                "-f",
+            ],
             env=inn_env,
         )
-        self._daemon("nnrpd", [str(INN_BIN / "nnrpd"), "-D", "-f", "-S", "-n", "-p", "563"], env=inn_env)
+        self._daemon(
+            "nnrpd",
+            [
+                str(INN_BIN / "nnrpd"),
+                "-D",
+                "-f",
+                "-S",
+                "-n",
+                "-p",
+                "563",
+                "-4",
+                SRV_ADDR,
+                "-6",
+                SRV_ADDR6,
+            ],
+            env=inn_env,
+        )
         self._daemon(
             "samba-dcerpcd",
-            [SAMBA_DCERPCD, "-s", str(ETC_DIR / "smb.conf"), "--libexec-rpcds", "-F", "--no-process-group"],
+            [
+                SAMBA_DCERPCD,
+                "-s",
+                str(ETC_DIR / "smb.conf"),
+                "--libexec-rpcds",
+                "-F",
+                "--no-process-group",
+            ],
         )
-        self._daemon("snap7", [sys.executable, str(S7SERVER), "--port", "102"])
+        self._daemon("snap7", [sys.executable, str(S7SERVER), "--host", SRV_ADDR, "--port", "102"])
         for stem, addr in (("expired", EXPIRED_ADDR), ("wrongname", WRONGNAME_ADDR)):
             for port in BAD_CERT_PORTS:
                 self._daemon(
@@ -1097,7 +1159,7 @@ class Lab:
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         waits: list[tuple[str, str, int]] = [
-            (svc, "127.0.0.1", port) for port, svc in SRV_PORTS.items()
+            (svc, SRV_ADDR, port) for port, svc in SRV_PORTS.items()
         ]
         waits += [("samba-dcerpcd", SAMBA_ADDR, p) for p in SAMBA_PORTS]
         for stem, addr in (("expired", EXPIRED_ADDR), ("wrongname", WRONGNAME_ADDR)):
@@ -1130,7 +1192,9 @@ class Lab:
         listening: list[str] = []
         if namespaces[SRV_NS]:
             out = _run(ns_argv(SRV_NS, ["ss", "-Htln"]), check=False).stdout
-            listening = sorted({line.split()[3] for line in out.splitlines() if len(line.split()) > 3})
+            listening = sorted(
+                {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
+            )
         firewall: Any = None
         with contextlib.suppress(OSError, ValueError):
             firewall = json.loads(FIREWALL_STATE.read_text())
@@ -1157,7 +1221,9 @@ def _specs(values: list[str] | None) -> list[PortSpec]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tests.lab.lab up|down|status|fw|netem``."""
-    parser = argparse.ArgumentParser(prog="python -m tests.lab.lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.lab.lab", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="(re)start the lab")
@@ -1176,7 +1242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     netem.add_argument("--loss-pct", type=float, default=0.0)
     netem.add_argument("--off", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="lab: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="lab: %(message)s"
+    )
 
     lab = Lab()
     try:
@@ -1194,7 +1262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lab down in {time.monotonic() - t0:.2f}s")
         elif args.cmd == "status":
             st = lab.status()
-            print("namespaces: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in st["namespaces"].items()))
+            print(
+                "namespaces: "
+                + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in st["namespaces"].items())
+            )
             for name, p in st["processes"].items():
                 print(f"  {name:22} pid {p['pid']:>7}  {p['state']}")
             print("listening in exprobe-srv: " + " ".join(st["listening"]))

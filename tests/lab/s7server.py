@@ -2,10 +2,10 @@
 
 It answers a COTP Connection Request with a Connection Confirm and accepts any TSAPs.
 ``python -m snap7.server`` needs ``click`` and defaults to port 1102, hence this
-wrapper (lab-notes pitfall 13). It binds 0.0.0.0 only (no IPv6) and runs in the
+wrapper (lab-notes pitfall 13). It binds one IPv4 address (no IPv6) and runs in the
 foreground until SIGTERM or SIGINT.
 
-Usage: ``python tests/lab/s7server.py [--port 102]``
+Usage: ``python tests/lab/s7server.py [--host 0.0.0.0] [--port 102]``
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import snap7.server
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="0.0.0.0", help="IPv4 address to bind (default: all)")
     parser.add_argument("--port", type=int, default=102)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="s7server: %(message)s")
@@ -36,10 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     server = snap7.server.Server(log=False)
-    if server.start(tcp_port=args.port) != 0:
-        print(f"s7server: cannot listen on port {args.port}", file=sys.stderr)
+    if server.start_to(args.host, tcp_port=args.port) != 0:
+        print(f"s7server: cannot listen on {args.host}:{args.port}", file=sys.stderr)
         return 1
-    print(f"s7server: listening on 0.0.0.0:{args.port}", flush=True)
+    print(f"s7server: listening on {args.host}:{args.port}", flush=True)
     while not stop.wait(0.5):
         pass
     server.stop()
