@@ -1,0 +1,1 @@
+"""Pure wire codecs: bytes in, values out (and back).  No I/O, no awaits."""
