@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the exprobe test lab (tests/lab/lab.py) needs, non-interactively.
+# (iptables: its legacy NFQUEUE target feeds tests/lab/netem.py where the kernel
+# has no sch_netem.)
 #
 # Idempotent: when every package is already installed and configured and
 # python-snap7 is importable, it does nothing but say so (set LAB_FORCE_APT=1 to
@@ -8,7 +10,7 @@
 set -euo pipefail
 
 PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-utils
-          inn2 samba openssl tdb-tools tmux prometheus)
+          inn2 samba openssl tdb-tools tmux prometheus iptables)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"
 APT_OPTS=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
           -o Dpkg::Options::=--force-confold --no-install-recommends)

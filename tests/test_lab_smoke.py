@@ -201,3 +201,29 @@ def test_firewall_reopens_and_scopes_by_address(lab: Lab, fw: Callable[..., None
     fw()
     (r,) = probe(lab, [{"addr": SRV_ADDR, "port": 25}])
     assert r["result"] == "open", r
+
+
+CONNECT_TIMER = r"""
+import socket, sys, time
+times = []
+for _ in range(5):
+    s = socket.socket()
+    s.settimeout(3)
+    t = time.monotonic()
+    s.connect((sys.argv[1], 389))
+    times.append(time.monotonic() - t)
+    s.close()
+print(min(times))
+"""
+
+
+def test_netem_delays_client_packets(lab: Lab) -> None:
+    try:
+        method = lab.set_netem(delay_ms=30)
+        assert method in ("tc", "nfqueue")
+        delayed = float(lab.run_cli([sys.executable, "-c", CONNECT_TIMER, SRV_ADDR]).stdout)
+        assert 0.025 < delayed < 0.5, (method, delayed)
+    finally:
+        lab.clear_netem()
+    plain = float(lab.run_cli([sys.executable, "-c", CONNECT_TIMER, SRV_ADDR]).stdout)
+    assert plain < 0.02

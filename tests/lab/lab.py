@@ -105,6 +105,19 @@ FIREWALL_FILE = RUN_DIR / "firewall.nft"
 FIREWALL_STATE = RUN_DIR / "firewall.json"
 TEMPLATES = Path(__file__).resolve().parent / "configs"
 S7SERVER = Path(__file__).resolve().parent / "s7server.py"
+NETEM = Path(__file__).resolve().parent / "netem.py"
+NETEM_QUEUE = 0
+NETEM_IPTABLES = ("iptables-legacy", "ip6tables-legacy")
+NETEM_RULE = [
+    "OUTPUT",
+    "-o",
+    CLI_IF,
+    "-j",
+    "NFQUEUE",
+    "--queue-num",
+    str(NETEM_QUEUE),
+    "--queue-bypass",
+]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 NFT_TABLE = "exprobe_lab"
@@ -806,25 +819,66 @@ class Lab:
 
     def set_netem(
         self, delay_ms: float = 0.0, loss_pct: float = 0.0, jitter_ms: float = 0.0
-    ) -> None:
-        """Delay and/or lose packets the client sends (``tc netem`` on xp-cli0)."""
+    ) -> str:
+        """Delay and/or lose the packets the client sends on xp-cli0; returns the method.
+
+        ``tc netem`` where the kernel has sch_netem (``"tc"``); otherwise the same through
+        an NFQUEUE rule (iptables-legacy) and ``tests/lab/netem.py`` in exprobe-cli
+        (``"nfqueue"``). Replaces any earlier setting; all zero = :meth:`clear_netem`.
+        """
+        if delay_ms < 0 or jitter_ms < 0 or not 0 <= loss_pct <= 100:
+            raise ValueError("delay and jitter must be >= 0 and loss within 0..100")
+        self.clear_netem()
+        if not (delay_ms or loss_pct or jitter_ms):
+            return "none"
         argv = ["tc", "qdisc", "replace", "dev", CLI_IF, "root", "netem"]
         if delay_ms or jitter_ms:
-            argv += ["delay", f"{delay_ms}ms"]
-            if jitter_ms:
-                argv += [f"{jitter_ms}ms"]
+            argv += ["delay", f"{delay_ms}ms"] + ([f"{jitter_ms}ms"] if jitter_ms else [])
         if loss_pct:
             argv += ["loss", f"{loss_pct}%"]
         proc = _run(ns_argv(CLI_NS, argv), check=False)
-        if proc.returncode != 0:
-            raise LabError(
-                f"tc netem failed: {proc.stderr.strip()} (this kernel may lack sch_netem; "
-                "see docs/lab.md)"
-            )
+        if proc.returncode == 0:
+            return "tc"
+        if "unknown" not in proc.stderr.lower():
+            raise LabError(f"tc netem failed: {proc.stderr.strip()}")
+        # This kernel has no sch_netem (the lab VM's has not): emulate it in userspace.
+        for tool in NETEM_IPTABLES:
+            if not shutil.which(tool):
+                raise LabError(f"no sch_netem in this kernel and no {tool} (package iptables)")
+        self._daemon(
+            "netem",
+            [
+                sys.executable, str(NETEM), "--queue", str(NETEM_QUEUE),
+                "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms),
+                "--loss-pct", str(loss_pct),
+            ],
+            ns=CLI_NS,
+        )  # fmt: skip
+        deadline = time.monotonic() + 5.0
+        logfile = LOG_DIR / "netem.log"
+        while "bound" not in _tail(logfile, 1):
+            if not self.procs["netem"].alive() or time.monotonic() > deadline:
+                raise LabError(f"netem.py did not start:\n{_tail(logfile)}")
+            time.sleep(0.02)
+        for tool in NETEM_IPTABLES:
+            _run(ns_argv(CLI_NS, [tool, "-w", "-A", *NETEM_RULE]))
+        return "nfqueue"
 
     def clear_netem(self) -> None:
-        """Remove any netem qdisc from xp-cli0."""
+        """Undo :meth:`set_netem` (either method)."""
         _run(ns_argv(CLI_NS, ["tc", "qdisc", "del", "dev", CLI_IF, "root"]), check=False)
+        if Path(f"/run/netns/{CLI_NS}").exists():
+            for tool in NETEM_IPTABLES:
+                if shutil.which(tool):
+                    while (
+                        _run(
+                            ns_argv(CLI_NS, [tool, "-w", "-D", *NETEM_RULE]), check=False
+                        ).returncode
+                        == 0
+                    ):
+                        pass
+        with contextlib.suppress(LabError):
+            self.stop("netem")
 
     # -- running things in the namespaces ------------------------------------------
 
@@ -930,6 +984,8 @@ class Lab:
         with self._lock:
             if isinstance(proc, str):
                 rec = self.procs.pop(proc, None)
+                if rec is None:  # started by another process (the command line)?
+                    rec = ProcRecord.load(PID_DIR / f"{proc}.json")
             else:
                 key = next((k for k, r in self.procs.items() if r.popen is proc), None)
                 rec = self.procs.pop(key, None) if key else None
@@ -938,13 +994,19 @@ class Lab:
         self._stop([rec], grace=timeout)
         (PID_DIR / f"{rec.name}.json").unlink(missing_ok=True)
 
-    def _daemon(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def _daemon(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        ns: str = SRV_NS,
+    ) -> None:
         logfile = LOG_DIR / f"{name}.log"
         with open(logfile, "ab") as out:
             out.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
             out.flush()
             proc = self._spawn(
-                SRV_NS,
+                ns,
                 argv,
                 name,
                 stdout=out,
@@ -1278,7 +1340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.off:
                 lab.clear_netem()
             else:
-                lab.set_netem(args.delay_ms, args.loss_pct, args.jitter_ms)
+                method = lab.set_netem(args.delay_ms, args.loss_pct, args.jitter_ms)
+                print(f"netem via {method}")
     except (LabError, ValueError) as e:
         print(f"lab: error: {e}", file=sys.stderr)
         return 1
