@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -96,20 +97,16 @@ class LoopbackServer:
                 threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
     def _run(self, conn: Any) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._handler(conn)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
         for c in self._conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.close()
-            except OSError:
-                pass
 
     def __enter__(self) -> LoopbackServer:
         return self

@@ -47,7 +47,8 @@ def test_open_and_refused_json() -> None:
     by_port = results_by_port(report)
     ok, refused = by_port[srv.port], by_port[closed]
     assert (ok["status"], ok["port_state"], ok["failed_step"]) == ("success", "open", None)
-    assert ok["connect_ms"] is not None and ok["id"] == f"tcp:{srv.port}"
+    assert ok["connect_ms"] is not None
+    assert ok["id"] == f"tcp:{srv.port}"
     assert (refused["status"], refused["port_state"]) == ("connection-refused", "closed")
     assert refused["failed_step"] == "connect"
     assert refused["facts"]["errno"] == "ECONNREFUSED"
@@ -59,7 +60,8 @@ def test_all_success_exits_zero_and_table_output() -> None:
     with LoopbackServer() as srv:
         out = exprobe("run", "127.0.0.1", "--port", str(srv.port))
     assert out.returncode == 0
-    assert "success" in out.stdout and "open" in out.stdout
+    assert "success" in out.stdout
+    assert "open" in out.stdout
     assert "\x1b" not in out.stdout
 
 
@@ -153,7 +155,9 @@ def test_banner_markup_and_escapes_are_shown_literally() -> None:
     with LoopbackServer(handler) as srv:
         out = exprobe("run", "127.0.0.1", "--check", f"banner:{srv.port}", "-v")
     assert out.returncode == 0, out.stderr
-    assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\x9b" not in out.stdout
+    assert "\x1b" not in out.stdout
+    assert "\x07" not in out.stdout
+    assert "\x9b" not in out.stdout
     assert "[bold red]pwned[/]" in out.stdout
     assert "[link=http://x]y[/link]" in out.stdout
     assert "\\x1b]0;title\\x07\\x1b[2J" in out.stdout
