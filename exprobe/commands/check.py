@@ -57,12 +57,22 @@ def check(
     ] = None,
     cert_warn_days: Annotated[int, typer.Option("--cert-warn-days")] = 14,
     no_color: Annotated[bool, typer.Option("--no-color")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Probe parameter PARAM=VALUE (repeatable), e.g. --set bind_dn=cn=x,dc=y.", show_default=False),
+    ] = None,
 ) -> None:
     """Run one check and show every step, the transcript and the facts."""
     if fmt not in ("table", "json"):
         raise InputError(f"--format {fmt!r}: `check` prints table or json")
+    values: dict[str, str] = {}
+    for item in set_ or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or key.strip() == "tls":
+            raise InputError(f"--set {item!r}: expected PARAM=VALUE (use --tls for tls)")
+        values[key.strip()] = value
     spec = f"{probe}:{port if port is not None else ''}:{tls}"
-    definition = parse_check_option(spec)
+    definition = parse_check_option(spec, values)
     target = parse_target(host)
     opts, limits = EngineArgs(
         timeout=timeout,

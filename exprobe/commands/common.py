@@ -20,8 +20,11 @@ DEFAULT_CONCURRENCY = 512
 FD_RESERVE = 64
 
 
-def parse_check_option(text: str) -> CheckDef:
-    """`PROBE[:PORT[:TLS]]`, e.g. `smtp:25:starttls`, `imap:993:implicit`, `rfc1006:102`."""
+def parse_check_option(text: str, values: dict[str, str] | None = None) -> CheckDef:
+    """`PROBE[:PORT[:TLS]]`, e.g. `smtp:25:starttls`, `imap:993:implicit`, `rfc1006:102`.
+
+    `values` are further probe parameters as text (`exprobe check --set PARAM=VALUE`).
+    """
     parts = text.split(":")
     if not 1 <= len(parts) <= 3 or not parts[0]:
         raise InputError(f"--check {text!r}: expected PROBE[:PORT[:TLS]]")
@@ -43,7 +46,7 @@ def parse_check_option(text: str) -> CheckDef:
         )
     if tls != "none" and not spec.tls_capable:
         raise InputError(f"--check {text!r}: probe {name!r} does not speak TLS")
-    params = make_params(spec.params_type, {"tls": tls}, f"--check {text}")
+    params = make_params(spec.params_type, {**(values or {}), "tls": tls}, f"--check {text}")
     port = spec.port_for(params, port)
     return CheckDef(adhoc_id(name, port, tls), name, params, port)
 
