@@ -670,8 +670,8 @@ class Lab:
 
             return run
 
+        self._setup_network()  # first: `postfix check` wants its listen addresses to exist
         steps = [
-            self._setup_network,
             self._prepare_postfix,
             self._prepare_dovecot,
             self._prepare_slapd,
@@ -1058,7 +1058,7 @@ class Lab:
             # Creates the queue directories with the right owners (slow: only once).
             _mkdir(VAR_DIR / "postfix" / "data", owner="postfix")
             _mkdir(queue)
-            _run(["postfix", "-c", str(conf), "check"], timeout=60)
+            _run(ns_argv(SRV_NS, ["postfix", "-c", str(conf), "check"]), timeout=60)
         (queue / "pid" / "master.pid").unlink(missing_ok=True)
 
     def _prepare_dovecot(self) -> None:
