@@ -1304,6 +1304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     netem.add_argument("--loss-pct", type=float, default=0.0)
     netem.add_argument("--off", action="store_true")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... status | head` ends quietly
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="lab: %(message)s"
     )

@@ -156,24 +156,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--loss-pct", type=float, default=0.0)
     args = parser.parse_args(argv)
-    running = True
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal running
-        running = False
+        raise _Stop  # out of select() at once (PEP 475 would restart it)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     d = Delayer(args.queue, args.delay_ms / 1000, args.jitter_ms / 1000, args.loss_pct / 100)
     d.bind()
     print(f"netem: queue {args.queue} bound", flush=True)
-    while running:
-        try:
+    try:
+        while True:
             d.step(d.next_timeout())
-        except InterruptedError:
-            continue
-    d.close()
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        d.close()
     return 0
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the loop."""
 
 
 if __name__ == "__main__":
