@@ -178,6 +178,9 @@ def _result(
     steps = tuple(
         {"step": s.name, "elapsed_ms": s.elapsed_ms, "outcome": s.outcome} for s in ctx.steps
     )
+    # A derived check's meta (e.g. the EPM component) is part of its facts even when the
+    # check has no probe function (the lean `tcp` path) or never got past connect.
+    facts = {**dict(check.meta), **ctx.facts}
     return CheckResult(
         id=check.id,
         probe=check.probe,
@@ -192,7 +195,7 @@ def _result(
         started_at=started_at,
         message=message,
         tls=check.params.tls,
-        facts=ctx.facts,
+        facts=facts,
         warnings=tuple(ctx.warnings),
         steps=steps,
         transcript=tuple(stream.transcript.as_list()) if stream is not None else (),
