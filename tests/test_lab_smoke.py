@@ -227,3 +227,22 @@ def test_netem_delays_client_packets(lab: Lab) -> None:
         lab.clear_netem()
     plain = float(lab.run_cli([sys.executable, "-c", CONNECT_TIMER, SRV_ADDR]).stdout)
     assert plain < 0.02
+
+
+EPT_MAP = r"""
+import socket, sys
+from impacket.dcerpc.v5 import epm
+from impacket.uuid import uuidtup_to_bin
+lsarpc = uuidtup_to_bin(("12345778-1234-ABCD-EF00-0123456789AB", "0.0"))
+binding = epm.hept_map(sys.argv[1], lsarpc, protocol="ncacn_ip_tcp")
+port = int(binding.split("[")[1].rstrip("]"))
+socket.create_connection((sys.argv[1], port), timeout=3).close()
+print(binding)
+"""
+
+
+def test_samba_endpoint_mapper_maps_lsarpc(lab: Lab) -> None:
+    """ept_map on SAMBA_ADDR:135 names a dynamic port (it changes per start) that answers."""
+    proc = lab.run_cli([sys.executable, "-c", EPT_MAP, SAMBA_ADDR], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"ncacn_ip_tcp:{SAMBA_ADDR}[49"), proc.stdout
