@@ -1,0 +1,415 @@
+"""`exprobe listen`: answer every port a profile's scenarios need, and log who arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from exprobe import __version__
+from exprobe.cli import app, make_console, run_async
+from exprobe.errors import InputError
+from exprobe.report.safe import printable
+
+_NAME_RE = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")  # fmt: skip
+GOOD_OUTCOMES = ("said goodbye", "answered", "peer closed")
+
+
+def listener_defs(
+    profile: str | None, scenario: list[str], port: list[int], check: list[str]
+) -> tuple[list[Any], dict[str, Any] | None]:
+    """The checks to serve: a profile's (its selected scenarios'), or ad hoc ones."""
+    from exprobe.commands.common import adhoc_defs
+
+    if profile and (port or check):
+        raise InputError("-p/--profile and --port/--check exclude each other")
+    if scenario and not profile:
+        raise InputError("--scenario needs -p/--profile")
+    if profile:
+        from exprobe.profile import load_profile
+
+        prof = load_profile(profile)
+        defs, _scenarios = prof.select(scenario)
+        info: dict[str, Any] | None = prof.info()
+        return list(defs), info
+    defs = adhoc_defs(port, check)
+    if not defs:
+        raise InputError("nothing to listen for: give -p PROFILE, --port N or --check PROBE[:PORT]")
+    return defs, None
+
+
+def _local_time(iso: str) -> str:
+    try:
+        t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return iso
+    return t.strftime("%H:%M:%S.%f")[:-3]
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def record_line(rec: Any) -> Text:
+    """One connection as a terminal line; everything from the network escaped."""
+    actions = " · ".join(printable(a, 80) for a in rec.actions) or "(nothing)"
+    if rec.dropped_actions:
+        actions += f" · (+{rec.dropped_actions})"
+    ok = rec.outcome in GOOD_OUTCOMES
+    return Text.assemble(
+        (_local_time(rec.time), "dim"),
+        "  ",
+        (_endpoint(rec.peer, rec.peer_port), "bold"),
+        " → ",
+        (f"{rec.port}/{rec.protocol}", "cyan"),
+        "  ",
+        printable(actions, 400),
+        "  ",
+        (f"[{printable(rec.outcome, 160)}]", "green" if ok else "yellow"),
+        (f" {rec.duration_ms:.0f}ms", "dim"),
+    )
+
+
+def listeners_table(server: Any, plan: Any) -> Table:
+    table = Table(show_edge=False, header_style="bold", pad_edge=False)
+    for col in ("port", "protocol", "tls", "for checks", "answers"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("port", "protocol", "tls"))
+    for lst in server.listeners:
+        tls = "implicit" if lst.implicit_tls else ("STARTTLS" if _offers_starttls(lst) else "-")
+        table.add_row(
+            str(lst.port),
+            lst.protocol,
+            tls,
+            Text(", ".join(lst.checks)),
+            Text(lst.note or _ANSWERS.get(lst.protocol.rstrip("s"), "")),
+        )
+    for lst in plan.withheld:
+        table.add_row(
+            str(lst.port),
+            lst.protocol,
+            "-",
+            Text(", ".join(lst.checks)),
+            Text("withheld: not started", style="yellow"),
+        )
+    return table
+
+
+_ANSWERS = {
+    "smtp": "220 banner, EHLO/HELO, STARTTLS, QUIT",
+    "pop3": "+OK greeting, CAPA, STLS, QUIT",
+    "imap": "* OK [CAPABILITY], CAPABILITY, STARTTLS, LOGOUT",
+    "nntp": "200 greeting, CAPABILITIES, STARTTLS (382), QUIT (205)",
+    "ldap": "anonymous bind, rootDSE, StartTLS, unbind",
+    "ldap-": "",
+    "rfc1006": "COTP CR → CC (TSAPs echoed), DR",
+    "tcp": "TCP accept only",
+}
+
+
+def _offers_starttls(lst: Any) -> bool:
+    return lst.protocol in ("smtp", "pop3", "imap", "nntp", "ldap")
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, title_justify="left")
+    for col in ("port", "protocol", "connections", "reached by"):
+        table.add_column(col, overflow="fold", no_wrap=col != "reached by")
+    for p in summary["ports"]:
+        peers = ", ".join(f"{printable(a, 60)} ×{n}" for a, n in list(p["peers"].items())[:12])
+        if len(p["peers"]) > 12:
+            peers += f", … ({len(p['peers'])} peers)"
+        table.add_row(
+            str(p["port"]),
+            p["protocol"],
+            str(p["connections"]),
+            Text(peers) if p["connections"] else Text("never reached", style="bold yellow"),
+        )
+    return table
+
+
+class JsonLog:
+    """JSON Lines to a file, flushed per line; a write error disables it with one warning."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._f: IO[str] | None = Path(path).open("a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(f"--log-json {path}: cannot open ({exc.strerror})") from None
+        self.path = path
+
+    def write(self, obj: dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        try:
+            self._f.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+            self._f.flush()
+        except OSError as exc:
+            sys.stderr.write(f"exprobe: warning: --log-json {self.path}: {exc}; JSON log off\n")
+            self.close()
+
+    def close(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
+
+
+@app.command()
+def listen(
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "-p", "--profile", help="Profile whose scenarios' ports to open.", show_default=False
+        ),
+    ] = None,
+    bind: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bind",
+            help="Address to listen on: the future server's (repeatable, IPv4 and/or IPv6).",
+            show_default=False,
+        ),
+    ] = None,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scenario", help="Only the ports of this scenario (repeatable).", show_default=False
+        ),
+    ] = None,
+    port: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--port", help="Ad hoc: accept TCP on this port (repeatable).", show_default=False
+        ),
+    ] = None,
+    check: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check",
+            help="Ad hoc: answer PROBE[:PORT[:TLS]] (repeatable), as `run --check`.",
+            show_default=False,
+        ),
+    ] = None,
+    port_offset: Annotated[
+        int,
+        typer.Option(
+            "--port-offset",
+            help="Add N to every port (25 → 10025): rehearse without privileges; `exprobe run --port-offset N` mirrors it.",
+        ),
+    ] = 0,
+    allow_wildcard: Annotated[
+        bool, typer.Option("--allow-wildcard", help="Allow --bind 0.0.0.0 / :: (every interface).")
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Server name in banners and the certificate (default: this host's name).",
+            show_default=False,
+        ),
+    ] = None,
+    log_json: Annotated[
+        str | None,
+        typer.Option(
+            "--log-json",
+            help="Also append one JSON object per connection to FILE.",
+            show_default=False,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            help="Connections open at once (all ports); more are closed at once.",
+        ),
+    ] = 256,
+    conn_timeout: Annotated[
+        float, typer.Option("--conn-timeout", help="Longest a connection may last, seconds.")
+    ] = 30.0,
+    idle_timeout: Annotated[
+        float, typer.Option("--idle-timeout", help="Longest silence within a connection, seconds.")
+    ] = 10.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--duration",
+            help="Stop after S seconds (default: until Ctrl-C or SIGTERM).",
+            show_default=False,
+        ),
+    ] = None,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
+    ] = False,
+) -> None:
+    """Listen on the future server's address(es) and answer every port a profile needs."""
+    from exprobe.listen.core import BindError
+    from exprobe.listen.plan import build_plan
+    from exprobe.listen.service import (
+        ServiceOptions,
+        bind_error_text,
+        build_server,
+        default_name,
+        parse_bind_addresses,
+    )
+
+    addresses = parse_bind_addresses(bind or [], allow_wildcard=allow_wildcard)
+    if not 0 <= port_offset < 65535:
+        raise InputError("--port-offset must be between 0 and 65534")
+    if duration is not None and duration <= 0:
+        raise InputError("--duration must be positive")
+    server_name = name or default_name()
+    if not _NAME_RE.match(server_name):
+        raise InputError(f"--name {server_name!r}: not a host name (letters, digits, '-', '.')")
+    defs, info = listener_defs(profile, scenario or [], port or [], check or [])
+    plan = build_plan(defs, port_offset=port_offset)
+    jlog = JsonLog(log_json) if log_json else None
+    out = make_console(no_color)
+    err = make_console(no_color, stderr=True)
+
+    def on_record(rec: Any) -> None:
+        out.print(record_line(rec))
+        if jlog is not None:
+            jlog.write(rec.to_dict())
+
+    server = build_server(
+        plan,
+        addresses,
+        ServiceOptions(server_name, max_connections, conn_timeout, idle_timeout),
+        on_record,
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        got: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            got.setdefault("signal", signum)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await server.start()
+        except BindError as exc:
+            raise InputError(bind_error_text(exc, port_offset)) from None
+        try:
+            _announce(out, server, plan, addresses, info, port_offset, duration)
+            if jlog is not None:
+                jlog.write(_listening_record(server, plan, addresses, info, port_offset))
+            if duration is None:
+                await stop.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), duration)
+        finally:
+            await server.close()
+        return got.get("signal", 0)
+
+    try:
+        signum = run_async(main())
+    finally:
+        if jlog is not None:
+            summary = server.summary()
+            jlog.write(summary)
+            jlog.close()
+    summary = server.summary()
+    _farewell(out, summary, signum)
+    if server.sink_errors:
+        err.print(Text(f"{server.sink_errors} log lines could not be written", style="yellow"))
+    raise typer.Exit(0)
+
+
+def _listening_record(
+    server: Any, plan: Any, addresses: list[str], info: dict[str, Any] | None, offset: int
+) -> dict[str, Any]:
+    return {
+        "type": "listening",
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "version": __version__,
+        "addresses": addresses,
+        "port_offset": offset,
+        "profile": (info or {}).get("name") if info else None,
+        "listeners": [
+            {
+                "port": x.port,
+                "protocol": x.protocol,
+                "implicit_tls": x.implicit_tls,
+                "checks": list(x.checks),
+                "note": x.note,
+            }
+            for x in server.listeners
+        ],
+        "static_ports": plan.static_ports,
+        "notes": plan.notes,
+    }
+
+
+def _announce(
+    out: Console,
+    server: Any,
+    plan: Any,
+    addresses: list[str],
+    info: dict[str, Any] | None,
+    offset: int,
+    duration: float | None,
+) -> None:
+    what = f"profile {info.get('name')}" if info else "ad hoc checks"
+    head = (
+        f"exprobe listen {__version__}: {len(server.listeners)} ports on "
+        f"{', '.join(addresses)} for {what}"
+        + (f", port offset +{offset}" if offset else "")
+        + " (rehearsal: every answer names exprobe)"
+    )
+    out.print(Text(head, style="bold"))
+    out.print(listeners_table(server, plan))
+    for n in plan.notes:
+        out.print(Text("note: " + n, style="cyan"))
+    until = f"for {duration:g}s" if duration else "until Ctrl-C"
+    run_hint = f" --port-offset {offset}" if offset else ""
+    target = addresses[0]
+    prof = f" -p {info.get('name')}" if info else ""
+    out.print(
+        Text(
+            f"listening {until}; from the client side: exprobe run {target}{prof}{run_hint}",
+            style="dim",
+        )
+    )
+
+
+def _farewell(out: Console, summary: dict[str, Any], signum: int) -> None:
+    why = {int(signal.SIGINT): "interrupted", int(signal.SIGTERM): "terminated"}.get(
+        signum, "stopped"
+    )
+    out.print(
+        Text(
+            f"{why}: {summary['connections']} connections"
+            + (f" ({summary['over_limit']} over the limit)" if summary["over_limit"] else ""),
+            style="bold",
+        )
+    )
+    out.print(summary_table(summary))
+    never = summary["never_reached"]
+    if never:
+        out.print(
+            Text(
+                "never reached: "
+                + ", ".join(str(p) for p in never)
+                + " (a firewall in between, or no client tried)",
+                style="bold yellow",
+            )
+        )
+    else:
+        out.print(Text("every port was reached at least once", style="green"))
