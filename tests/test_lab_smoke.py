@@ -22,6 +22,8 @@ from tests.lab.lab import (
     SRV_ADDR6,
     WRONGNAME_ADDR,
     Lab,
+    build_ruleset,
+    parse_port_spec,
 )
 
 pytestmark = pytest.mark.lab
@@ -246,3 +248,29 @@ def test_samba_endpoint_mapper_maps_lsarpc(lab: Lab) -> None:
     proc = lab.run_cli([sys.executable, "-c", EPT_MAP, SAMBA_ADDR], timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"ncacn_ip_tcp:{SAMBA_ADDR}[49"), proc.stdout
+
+
+def test_build_ruleset_scopes_and_orders() -> None:
+    """The pure rule builder: per-address scoping, ranges, verdict order, validation."""
+    rules = build_ruleset(
+        drop=[465, (SAMBA_ADDR, "49152-65535")],
+        reset=["563"],
+        icmp=[(SRV_ADDR6, 445)],
+        addresses=None,
+    )
+    lines = [line.strip() for line in rules.splitlines()]
+    body = lines[lines.index('iifname "xp-srv0" ct state established,related accept') + 1 :]
+    assert body[:4] == [
+        'iifname "xp-srv0" tcp dport { 465 } drop',
+        f'iifname "xp-srv0" ip daddr {SAMBA_ADDR} tcp dport {{ 49152-65535 }} drop',
+        'iifname "xp-srv0" tcp dport { 563 } reject with tcp reset',
+        f'iifname "xp-srv0" ip6 daddr {SRV_ADDR6} tcp dport {{ 445 }} '
+        "reject with icmpx type admin-prohibited",
+    ]
+    scoped = build_ruleset(drop=[25], addresses=[SRV_ADDR])
+    assert f"ip daddr {SRV_ADDR} tcp dport {{ 25 }} drop" in scoped
+    assert parse_port_spec("[fd00:e5::2]:143") == ("fd00:e5::2", "143")
+    assert parse_port_spec("10.250.0.3:49152-65535") == ("10.250.0.3", "49152-65535")
+    for bad in ("0", "70000", "20-10", "x"):
+        with pytest.raises(ValueError, match="bad port"):
+            parse_port_spec(bad)

@@ -593,7 +593,7 @@ def _signal_group(rec: ProcRecord, sig: int) -> None:
     A process group ID is not reused while any member lives, so this reaches only
     children of our daemon (rpcd_* helpers, smtpd, ...), never unrelated processes.
     """
-    if rec.state() == "running" or _proc_stat(rec.pid) is None:
+    if rec.state() != "gone" or _proc_stat(rec.pid) is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(rec.pid, sig)
 
@@ -962,6 +962,11 @@ class Lab:
     def _spawn(
         self, ns: str, argv: Sequence[str], name: str | None, **popen_kwargs: Any
     ) -> subprocess.Popen[Any]:
+        if name is not None:
+            with self._lock:
+                old = self.procs.get(name)
+            if old is not None and old.alive():
+                raise LabError(f"a lab process named {name!r} is already running (pid {old.pid})")
         popen_kwargs.setdefault("start_new_session", True)
         popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
         proc = subprocess.Popen(ns_argv(ns, argv), **popen_kwargs)
