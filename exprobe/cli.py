@@ -33,8 +33,13 @@ FORMATS = ("table", "json", "jsonl", "nagios", "prometheus", "junit")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
+# Messages given to `fail_input`: `--format nagios` turns them into UNKNOWN (exit 3).
+INPUT_FAILURES: list[str] = []
+
+
 def fail_input(message: str) -> NoReturn:
     """One line on stderr naming the problem; exit 2."""
+    INPUT_FAILURES.append(message)
     sys.stderr.write(f"exprobe: error: {message}\n")
     raise typer.Exit(EXIT_USAGE)
 
@@ -123,10 +128,54 @@ def family_of(ipv4: bool, ipv6: bool) -> int:
     return socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
 
 
+def wants_nagios(argv: list[str]) -> bool:
+    """`--format nagios` (or `-f nagios`, `--format=nagios`) anywhere on the command line."""
+    for i, arg in enumerate(argv):
+        if arg in ("--format=nagios", "-fnagios"):
+            return True
+        if arg in ("--format", "-f") and i + 1 < len(argv) and argv[i + 1] == "nagios":
+            return True
+    return False
+
+
+def main_nagios() -> int:
+    """Run the app for a monitoring system: every input or internal problem is UNKNOWN (3),
+    with an `EXPROBE UNKNOWN - ...` status line on stdout, where Nagios reads it."""
+    from exprobe.report.nagios import UNKNOWN, unknown_line
+
+    def unknown(message: str) -> int:
+        sys.stdout.write(unknown_line(message))
+        sys.stdout.flush()
+        return UNKNOWN
+
+    try:
+        code = app(standalone_mode=False)
+    except InputError as exc:
+        sys.stderr.write(f"exprobe: error: {exc}\n")
+        return unknown(str(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        return unknown("interrupted")
+    except Exception as exc:
+        # Usage errors (click's, or the copy typer vendors) carry format_message().
+        message = getattr(exc, "format_message", None)
+        if callable(message):
+            sys.stderr.write(f"exprobe: error: {message()}\n")
+            return unknown(f"invalid command line: {message()}")
+        import traceback
+
+        traceback.print_exc()
+        return unknown(f"internal error in exprobe: {type(exc).__name__}: {exc}")
+    if INPUT_FAILURES:
+        return unknown(INPUT_FAILURES[-1])
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
     """Console-script entry point."""
     from exprobe import commands  # noqa: F401 - registers the sub-commands
 
+    if wants_nagios(sys.argv[1:]):
+        sys.exit(main_nagios())
     try:
         app()
     except InputError as exc:

@@ -75,6 +75,69 @@ SetOpt = Annotated[
 ]
 
 
+# Engine and output options, shared with `watch` and `serve`.
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Whole-check deadline, seconds.")]
+ConnectTimeoutOpt = Annotated[
+    float, typer.Option("--connect-timeout", help="TCP connect deadline, seconds.")
+]
+RetriesOpt = Annotated[
+    int, typer.Option("--retries", help="Extra connect attempts after a connect timeout.")
+]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        help="Checks in flight at once (default 512, capped by the open-file limit).",
+        show_default=False,
+    ),
+]
+PerHostOpt = Annotated[int, typer.Option("--per-host", help="Checks in flight per address.")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rate",
+        help="New connections per second (all addresses together).",
+        show_default=False,
+    ),
+]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option("--source", help="Bind this local source address.", show_default=False),
+]
+Ipv4Opt = Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")]
+Ipv6Opt = Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")]
+TlsVerifyOpt = Annotated[
+    bool,
+    typer.Option("--tls-verify", help="An untrusted or mismatched certificate fails the check."),
+]
+CaFileOpt = Annotated[
+    str | None,
+    typer.Option("--ca-file", help="Trust these CA certificates (PEM).", show_default=False),
+]
+CertWarnDaysOpt = Annotated[
+    int,
+    typer.Option(
+        "--cert-warn-days", help="Warn when a certificate expires within this many days."
+    ),
+]
+PortOffsetOpt = Annotated[
+    int,
+    typer.Option(
+        "--port-offset", help="Add N to every port (mirrors `exprobe listen --port-offset`)."
+    ),
+]
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        help="Consent to large scans (> 65,536 addresses, public ranges wider than /24).",
+    ),
+]
+NoColorOpt = Annotated[
+    bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
+]
+
+
 def make_engine_args(**kw: Any) -> EngineArgs:
     return EngineArgs(**kw)
 
@@ -97,60 +160,19 @@ def run(
             "-o", "--output", help="Write the report to this file (atomically).", show_default=False
         ),
     ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="Whole-check deadline, seconds.")
-    ] = 10.0,
-    connect_timeout: Annotated[
-        float, typer.Option("--connect-timeout", help="TCP connect deadline, seconds.")
-    ] = 3.0,
-    retries: Annotated[
-        int, typer.Option("--retries", help="Extra connect attempts after a connect timeout.")
-    ] = 0,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            help="Checks in flight at once (default 512, capped by the open-file limit).",
-            show_default=False,
-        ),
-    ] = None,
-    per_host: Annotated[int, typer.Option("--per-host", help="Checks in flight per address.")] = 4,
-    rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate",
-            help="New connections per second (all addresses together).",
-            show_default=False,
-        ),
-    ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option("--source", help="Bind this local source address.", show_default=False),
-    ] = None,
-    ipv4: Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")] = False,
-    ipv6: Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")] = False,
-    tls_verify: Annotated[
-        bool,
-        typer.Option(
-            "--tls-verify", help="An untrusted or mismatched certificate fails the check."
-        ),
-    ] = False,
-    ca_file: Annotated[
-        str | None,
-        typer.Option("--ca-file", help="Trust these CA certificates (PEM).", show_default=False),
-    ] = None,
-    cert_warn_days: Annotated[
-        int,
-        typer.Option(
-            "--cert-warn-days", help="Warn when a certificate expires within this many days."
-        ),
-    ] = 14,
-    port_offset: Annotated[
-        int,
-        typer.Option(
-            "--port-offset", help="Add N to every port (mirrors `exprobe listen --port-offset`)."
-        ),
-    ] = 0,
+    timeout: TimeoutOpt = 10.0,
+    connect_timeout: ConnectTimeoutOpt = 3.0,
+    retries: RetriesOpt = 0,
+    concurrency: ConcurrencyOpt = None,
+    per_host: PerHostOpt = 4,
+    rate: RateOpt = None,
+    source: SourceOpt = None,
+    ipv4: Ipv4Opt = False,
+    ipv6: Ipv6Opt = False,
+    tls_verify: TlsVerifyOpt = False,
+    ca_file: CaFileOpt = None,
+    cert_warn_days: CertWarnDaysOpt = 14,
+    port_offset: PortOffsetOpt = 0,
     expect: Annotated[
         str | None,
         typer.Option(
@@ -167,22 +189,14 @@ def run(
             show_default=False,
         ),
     ] = None,
-    yes: Annotated[
-        bool,
-        typer.Option(
-            "--yes",
-            help="Consent to large scans (> 65,536 addresses, public ranges wider than /24).",
-        ),
-    ] = False,
+    yes: YesOpt = False,
     verbose: Annotated[
         bool,
         typer.Option(
             "-v", "--verbose", help="Details: checks under scenarios, transcripts in JSON."
         ),
     ] = False,
-    no_color: Annotated[
-        bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
-    ] = False,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Probe TARGETS and report each check (or each scenario, with -p)."""
     if fmt not in FORMATS:
@@ -205,15 +219,23 @@ def run(
         profile_info = prof.info()
     else:
         defs = adhoc_defs(port or [], check or [])
-    target_list = gather_targets(targets or [], targets_file or [], yes=yes)
-    if not defs and not any(t.port for t in target_list):
-        raise InputError("nothing to check: give --port, --check, -p PROFILE, or host:port targets")
-
     expectations = None
     if expect:
         from exprobe.expect import load_expectations
 
         expectations = load_expectations(expect)
+        expectations.check_scenarios(bool(profile), [s.id for s in scenarios] if profile else None)
+        # Ports named by expectations get a TCP connect check unless a check covers them.
+        defs = expectations.add_port_checks(defs, port_offset)
+    target_list = gather_targets(targets or [], targets_file or [], yes=yes)
+    if profile and any(t.port for t in target_list):
+        raise InputError(
+            "-p/--profile: give targets without a port; the profile's checks name their"
+            " ports (change one with --set CHECK.port=N)"
+        )
+    if not defs and not any(t.port for t in target_list):
+        raise InputError("nothing to check: give --port, --check, -p PROFILE, or host:port targets")
+
     before = None
     if baseline:
         from exprobe.diff import load_report

@@ -139,3 +139,8 @@ def render_table(report: RunReport, console: Console, *, verbose: bool = False) 
     if report.interrupted:
         line += " (interrupted)"
     console.print(Text(line, style="dim"))
+    if report.expectations is not None:
+        from exprobe.expect import expectations_table
+
+        console.print()
+        console.print(expectations_table(report.expectations))
