@@ -1,0 +1,1 @@
+"""Scripted peers for tests (servers that misbehave on purpose or stand in for Exchange)."""
