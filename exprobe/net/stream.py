@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
-from exprobe.errors import ProtocolError
+from exprobe.errors import ProtocolError, TlsError
 
 MAX_LINE = 8192
 MAX_BYTES = 1 << 20
@@ -125,7 +125,15 @@ class Stream:
     async def start_tls(
         self, context: ssl.SSLContext, server_hostname: str | None
     ) -> ssl.SSLObject:
-        """Upgrade the connection in place; returns the TLS object for facts."""
+        """Upgrade the connection in place; returns the TLS object for facts.
+
+        Bytes the server sent after its "go ahead" but before the handshake would be
+        read later as if they had come over TLS (STARTTLS response injection, the
+        CVE-2011-0411 family): refuse them instead.
+        """
+        pending = len(getattr(self._reader, "_buffer", b""))
+        if pending:
+            raise TlsError(f"server sent {pending} bytes of plaintext after agreeing to start TLS")
         await self._writer.start_tls(context, server_hostname=server_hostname)
         obj = self._writer.get_extra_info("ssl_object")
         if obj is None:  # pragma: no cover - asyncio always sets it after start_tls

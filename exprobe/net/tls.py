@@ -14,6 +14,7 @@ import functools
 import hashlib
 import ipaddress
 import ssl
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,12 @@ def _trust_store(ca_file: str | None) -> Any:
             continue
         seen.add(p)
         try:
-            certs += x509.load_pem_x509_certificates(Path(p).read_bytes())
+            # Some system bundles hold roots with non-positive serial numbers; the
+            # deprecation warning cryptography emits for them is noise here (and an
+            # error under `-W error`).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                certs += x509.load_pem_x509_certificates(Path(p).read_bytes())
         except ValueError:
             continue
         if not ca_file:
