@@ -42,6 +42,15 @@ def lab() -> Iterator[Lab]:
     if problem:
         pytest.fail(f"the exprobe lab cannot start: {problem} ({_DESELECT_HINT})", pytrace=False)
     instance = Lab()
+    if instance.running():
+        # A lab brought up by hand (`python -m tests.lab.lab up`) or by a concurrent
+        # session: share it, and leave it running; stop only what this session spawned.
+        try:
+            yield instance
+        finally:
+            instance.stop_spawned()
+            instance.set_firewall()
+        return
     atexit.register(instance.down)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None

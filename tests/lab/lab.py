@@ -984,6 +984,25 @@ class Lab:
         rec.save()
         return proc
 
+    def running(self) -> bool:
+        """True when a lab brought up earlier (by another process) is complete and alive."""
+        if not all(Path(f"/run/netns/{ns}").exists() for ns in (CLI_NS, SRV_NS)):
+            return False
+        daemons = [r for name, r in self._load_records() if not name.startswith("spawn-")]
+        return bool(daemons) and all(r.alive() for r in daemons)
+
+    def stop_spawned(self) -> None:
+        """Stop the processes this instance spawned (scripted peers), not the lab itself.
+
+        Meant for an instance that did not call `up()`: its `procs` hold only its spawns.
+        """
+        with self._lock:
+            records = list(self.procs.values())
+            self.procs.clear()
+        self._stop(records, grace=3.0)
+        for r in records:
+            (PID_DIR / f"{r.name}.json").unlink(missing_ok=True)
+
     def stop(self, proc: subprocess.Popen[Any] | str, timeout: float = 5.0) -> None:
         """Stop one process started by the lab (a Popen or its name), SIGKILL after ``timeout``."""
         with self._lock:
