@@ -114,4 +114,4 @@ def first_line(text: bytes | str, limit: int = 200) -> str:
 
 def tls_summary(ctx: ProbeContext) -> str:
     version = ctx.facts.get("tls_version")
-    return f", TLS {version}" if version else ""
+    return f", {version}" if version else ""

@@ -87,7 +87,9 @@ async def imap(stream: Stream, params: ImapParams, ctx: ProbeContext) -> None:
     tag = next(tags)
     await goodbye(stream, f"{tag} LOGOUT", lambda: read_imap_tagged(stream, tag, bye_ok=True))
     tls = ", STARTTLS ok" if params.tls == "starttls" else ""
-    ctx.summary = f"{ctx.facts['banner']} ({len(caps)} capabilities{tls}{tls_summary(ctx)})"
+    # The greeting without its (long) capability code reads better in one line.
+    said = first_line(f"* {greeting.kind} {greeting.text}".rstrip())
+    ctx.summary = f"{said} ({len(caps)} capabilities{tls}{tls_summary(ctx)})"
 
 
 async def _capability(stream: Stream, ctx: ProbeContext, step: str, tag: str) -> list[str]:
