@@ -219,6 +219,14 @@ def listen(
             show_default=False,
         ),
     ] = None,
+    ca_out: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-out",
+            help="Write the rehearsal CA certificate (PEM) to FILE, for `exprobe run --ca-file FILE`.",
+            show_default=False,
+        ),
+    ] = None,
     log_json: Annotated[
         str | None,
         typer.Option(
@@ -282,12 +290,22 @@ def listen(
         if jlog is not None:
             jlog.write(rec.to_dict())
 
+    from exprobe.listen.tlscert import make_certificate, server_context
+
+    material = make_certificate(server_name, addresses)
+    if ca_out:
+        try:
+            Path(ca_out).write_bytes(material.ca_pem)
+        except OSError as exc:
+            raise InputError(f"--ca-out {ca_out}: cannot write ({exc.strerror})") from None
     server = build_server(
         plan,
         addresses,
         ServiceOptions(server_name, max_connections, conn_timeout, idle_timeout),
         on_record,
+        tls_context=server_context(material),
     )
+    started: dict[str, bool] = {}
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -305,8 +323,9 @@ def listen(
             await server.start()
         except BindError as exc:
             raise InputError(bind_error_text(exc, port_offset)) from None
+        started["yes"] = True
         try:
-            _announce(out, server, plan, addresses, info, port_offset, duration)
+            _announce(out, server, plan, addresses, info, port_offset, duration, ca_out)
             if jlog is not None:
                 jlog.write(_listening_record(server, plan, addresses, info, port_offset))
             if duration is None:
@@ -322,8 +341,8 @@ def listen(
         signum = run_async(main())
     finally:
         if jlog is not None:
-            summary = server.summary()
-            jlog.write(summary)
+            if started:
+                jlog.write(server.summary())
             jlog.close()
     summary = server.summary()
     _farewell(out, summary, signum)
@@ -365,6 +384,7 @@ def _announce(
     info: dict[str, Any] | None,
     offset: int,
     duration: float | None,
+    ca_out: str | None,
 ) -> None:
     what = f"profile {info.get('name')}" if info else "ad hoc checks"
     head = (
@@ -383,7 +403,8 @@ def _announce(
     prof = f" -p {info.get('name')}" if info else ""
     out.print(
         Text(
-            f"listening {until}; from the client side: exprobe run {target}{prof}{run_hint}",
+            f"listening {until}; from the client side: exprobe run {target}{prof}{run_hint}"
+            + (f" --ca-file {ca_out}" if ca_out else ""),
             style="dim",
         )
     )

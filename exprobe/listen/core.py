@@ -400,7 +400,7 @@ class ListenServer:
         except Hangup as exc:
             rec.outcome = str(exc)
         except asyncio.IncompleteReadError as exc:
-            rec.outcome = "peer closed" + (" mid-line" if exc.partial else "")
+            rec.outcome = "peer closed" + (" mid-message" if exc.partial else "")
         except TimeoutError:
             rec.outcome = (
                 f"timed out (no data for {self.idle_timeout:g}s or "

@@ -145,7 +145,7 @@ def build_plan(
         if not named:
             shown = ", ".join(f"{c.upper()} {p}" for c, p in static.items())
             plan.notes.append(
-                "the profile pins no DS/IS/MTA ports (msrpc-epm expect_*): "
+                "no pinned DS/IS/MTA ports given (msrpc-epm expect_ds/expect_is/expect_mta): "
                 f"registering the defaults {shown}" + (f" (+{port_offset})" if port_offset else "")
             )
         else:
