@@ -129,6 +129,7 @@ class PeerConfig:
     trickle_delay: float = 0.001
     others: bool = True
     nak_reason: int = 0
+    annotation: str | None = None  # overrides every annotation (hostile text tests)
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:
@@ -208,6 +209,7 @@ class EpmPeer:
         self.ports: dict[str, int] = {}
         self.registrations: list[Registration] = []
         self.connections = 0
+        self.disconnects = 0
         self.requests: list[int] = []  # opnums in arrival order
         self.lookup_rounds = 0
         self.listener_binds: dict[str, int] = {}
@@ -301,9 +303,16 @@ class EpmPeer:
                     pipe="\\PIPE\\epmapper",
                     netbios="\\\\EXCH55",
                 ),
-                Registration(rpc.EPM_UUID, rpc.EPM_VERSION, "", protocol="ncalrpc", pipe="epmapper"),
                 Registration(
-                    rpc.EPM_UUID, rpc.EPM_VERSION, "", protocol="ncacn_http", port=593, host="0.0.0.0"
+                    rpc.EPM_UUID, rpc.EPM_VERSION, "", protocol="ncalrpc", pipe="epmapper"
+                ),
+                Registration(
+                    rpc.EPM_UUID,
+                    rpc.EPM_VERSION,
+                    "",
+                    protocol="ncacn_http",
+                    port=593,
+                    host="0.0.0.0",
                 ),
                 Registration(
                     SPOOLSS,
@@ -322,7 +331,8 @@ class EpmPeer:
     def _entry(self, i: int) -> rpc.EntrySpec:
         if i < len(self.registrations):
             reg = self.registrations[i]
-            return rpc.EntrySpec(reg.tower(self.host_floor), reg.annotation)
+            note = reg.annotation if self.cfg.annotation is None else self.cfg.annotation
+            return rpc.EntrySpec(reg.tower(self.host_floor), note)
         n = i - len(self.registrations)
         uuid = str(uuidlib.uuid5(SYNTHETIC_NS, f"synthetic-{n}"))
         tower = rpc.build_tower(uuid, (1, 0), port=50000 + n % 10000, host=self.host_floor)
@@ -340,6 +350,7 @@ class EpmPeer:
         try:
             await self._dialogue(conn)
         finally:
+            self.disconnects += 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -536,7 +547,9 @@ class EpmPeer:
                     if ok:
                         self.listener_binds[component] = self.listener_binds.get(component, 0) + 1
                 port = self.ports[component]
-                await conn.send(rpc.build_bind_ack(bind.call_id, results, secondary_address=str(port)))
+                await conn.send(
+                    rpc.build_bind_ack(bind.call_id, results, secondary_address=str(port))
+                )
         finally:
             writer.close()
             with contextlib.suppress(Exception):
