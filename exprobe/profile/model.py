@@ -1,0 +1,234 @@
+"""What a profile is once loaded: checks, scenarios, requirement groups and hints.
+
+Everything here is immutable and already validated (`exprobe.profile.loader` builds it);
+`Profile.with_overrides` (`--set`) and `Profile.select` (`--scenario`) return new values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from exprobe.engine.plan import CheckDef
+from exprobe.errors import InputError
+from exprobe.probes.base import Params
+from exprobe.status import Status
+
+SCHEMA_VERSION = 1
+
+# Endpoint-mapper components a `msrpc-epm` check can derive follow-up checks for.
+COMPONENTS = ("ds", "is", "mta", "sa")
+COMPONENT_NAMES = {"ds": "DS", "is": "IS", "mta": "MTA", "sa": "System Attendant"}
+
+# Failure kinds a hint can be restricted to (`on = [...]`): every failing status, plus
+# "blocked" (refused, timed out or unreachable: what a firewall does), "not-registered"
+# (the endpoint mapper does not know the component) and "not-run" (interrupted run).
+BLOCKED = frozenset({Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT, Status.UNREACHABLE})
+FAILURE_KINDS = (
+    *(s.value for s in Status if s is not Status.SUCCESS),
+    "blocked",
+    "not-registered",
+    "not-run",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckDecl:
+    """A check as a profile declares it: a probe, its parameters, and a port."""
+
+    id: str
+    probe: str
+    params: Params
+    port: int  # resolved: the declared port, or the probe's default for the TLS mode
+    title: str = ""
+    port_declared: bool = True  # False: `port` follows the probe's default for the TLS mode
+
+    def to_def(self) -> CheckDef:
+        return CheckDef(self.id, self.probe, self.params, self.port)
+
+    def param_values(self) -> dict[str, Any]:
+        """Every parameter with its value (tuples as lists), for display and JSON."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self.params):
+            v = getattr(self.params, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "probe": self.probe,
+            "port": self.port,
+            "title": self.title,
+            "params": self.param_values(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One thing a scenario needs: a check (`smtp`) or the derived checks of one
+    endpoint-mapper component (`epm.is`: every port the check `epm` hands out for the IS)."""
+
+    check: str
+    component: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Requirement:
+        check, _, component = text.partition(".")
+        return cls(check, component or None)
+
+    def __str__(self) -> str:
+        return f"{self.check}.{self.component}" if self.component else self.check
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """Remediation advice shown only when the checks it names fail in the way it names.
+
+    `when`: requirement texts (`"epm.is"`) or check ids; empty means any failure of the
+    scenario.  `on`: failure kinds (see `FAILURE_KINDS`); empty means any kind.
+    """
+
+    text: str
+    kb: tuple[str, ...] = ()
+    when: tuple[str, ...] = ()
+    on: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        if not self.kb:
+            return self.text
+        return f"{self.text} ({', '.join('KB ' + k for k in self.kb)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "kb": list(self.kb),
+            "when": list(self.when),
+            "on": list(self.on),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A named requirement: every check of `all` must succeed, and from each group of
+    `any` at least one."""
+
+    id: str
+    title: str
+    description: str = ""
+    vantage: str = ""  # where the probe should run, read after "from": "the client subnet"
+    all: tuple[Requirement, ...] = ()
+    any: tuple[tuple[Requirement, ...], ...] = ()
+    hints: tuple[Hint, ...] = ()
+
+    def requirements(self) -> list[Requirement]:
+        out = list(self.all)
+        for group in self.any:
+            out.extend(group)
+        return out
+
+    def check_ids(self) -> list[str]:
+        """The profile checks this scenario needs (each once, in order of mention)."""
+        seen: dict[str, None] = {}
+        for r in self.requirements():
+            seen.setdefault(r.check, None)
+        return list(seen)
+
+    def to_dict(self, checks: dict[str, CheckDecl] | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "vantage": self.vantage,
+            "all": [str(r) for r in self.all],
+            "any": [[str(r) for r in g] for g in self.any],
+            "hints": [h.to_dict() for h in self.hints],
+        }
+        if checks is not None:
+            d["checks"] = [checks[c].to_dict() for c in self.check_ids()]
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A validated profile: checks by id and scenarios by id, in declaration order."""
+
+    name: str
+    title: str
+    path: str
+    checks: dict[str, CheckDecl]
+    scenarios: dict[str, Scenario]
+    description: str = ""
+    extends: tuple[str, ...] = ()  # the chain of base profiles, nearest first
+    schema_version: int = SCHEMA_VERSION
+    overrides: tuple[str, ...] = ()  # the --set options applied
+
+    def with_overrides(self, sets: list[str]) -> Profile:
+        """Apply `--set CHECK.PARAM=VALUE` options, validated like the profile itself."""
+        if not sets:
+            return self
+        from exprobe.profile.loader import apply_overrides
+
+        return apply_overrides(self, sets)
+
+    def select(self, ids: list[str]) -> tuple[list[CheckDef], list[Scenario]]:
+        """The scenarios named (all when `ids` is empty) and the checks they need, each once.
+
+        An endpoint-mapper check only derives the components the selected scenarios refer
+        to, so `--scenario mapi-client` does not probe the MTA's port.
+        """
+        if ids:
+            unknown = [i for i in ids if i not in self.scenarios]
+            if unknown:
+                known = ", ".join(self.scenarios)
+                raise InputError(
+                    f"--scenario {unknown[0]!r}: no such scenario in profile {self.name!r}"
+                    f" (known: {known})"
+                )
+            chosen = [self.scenarios[i] for i in dict.fromkeys(ids)]
+        else:
+            chosen = list(self.scenarios.values())
+        needed: set[str] = set()
+        components: dict[str, set[str]] = {}
+        for s in chosen:
+            for r in s.requirements():
+                needed.add(r.check)
+                if r.component:
+                    components.setdefault(r.check, set()).add(r.component)
+        defs: list[CheckDef] = []
+        for cid, decl in self.checks.items():
+            if cid not in needed:
+                continue
+            params = decl.params
+            wanted = components.get(cid)
+            current = getattr(params, "components", None)
+            if wanted and isinstance(current, tuple):
+                narrowed = tuple(c for c in current if c in wanted)
+                if narrowed != current:
+                    params = dataclasses.replace(params, components=narrowed)  # type: ignore[call-arg]
+            defs.append(CheckDef(cid, decl.probe, params, decl.port))
+        return defs, chosen
+
+    def info(self) -> dict[str, Any]:
+        """The report's `profile` object."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "title": self.title,
+            "path": self.path,
+            "schema_version": self.schema_version,
+        }
+        if self.extends:
+            d["extends"] = list(self.extends)
+        if self.overrides:
+            d["overrides"] = list(self.overrides)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """`exprobe profiles show --format json`."""
+        return {
+            **self.info(),
+            "description": self.description,
+            "checks": [c.to_dict() for c in self.checks.values()],
+            "scenarios": [s.to_dict(self.checks) for s in self.scenarios.values()],
+        }
