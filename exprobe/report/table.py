@@ -8,7 +8,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from exprobe.report.safe import printable
-from exprobe.result import CheckResult, RunReport, ScenarioVerdict
+from exprobe.result import CheckResult, RunReport, ScenarioVerdict, TargetReport, scenario_rollup
 from exprobe.status import PortState, Status
 
 STATE_STYLE = {
@@ -68,7 +68,56 @@ def verdict_text(v: ScenarioVerdict) -> Text:
     return Text(v.verdict.upper(), style="bold green" if v.passed else "bold red")
 
 
+ROLLUP_STYLE = {"all": "bold green", "some": "bold yellow", "none": "bold red"}
+
+
+def _rollup_row(table: Table, t: TargetReport, sid: str, title: str, rollup: str) -> None:
+    verdicts = [v for v in t.scenarios if v.id == sid]
+    passed = sum(v.passed for v in verdicts)
+    table.add_row(
+        Text(printable(t.target, 40)),
+        Text(f"{len(verdicts)} addresses", style="dim"),
+        Text(printable(title, 60)),
+        Text(rollup.upper(), style=ROLLUP_STYLE.get(rollup, "")),
+        Text(f"passes on {passed} of {len(verdicts)} addresses"),
+    )
+
+
+def _check_line(cid: str, r: CheckResult | None) -> Text:
+    if r is None:
+        return Text(f"{cid}: not run", style="dim")
+    line = Text.assemble(
+        (cid, "bold"), f"  {r.probe} {r.port}  ", state_text(r), " ", status_text(r)
+    )
+    if r.failed_step and not r.ok:
+        line.append(f"  at {r.failed_step}")
+    if r.message:
+        line.append(f"  {printable(r.message, 160)}", style="" if r.ok else "red")
+    return line
+
+
+def scenario_tree(v: ScenarioVerdict, by_id: dict[tuple[str | None, str], CheckResult]) -> Tree:
+    """-v: one scenario verdict with its deciding checks, warnings and hints."""
+    head = Text.assemble(verdict_text(v), " ", printable(v.title), f"  {v.address or '-'}")
+    if v.via:
+        head.append(f"  via {printable(v.via)}", style="dim")
+    tree = Tree(head)
+    tree.add(Text(printable(v.reason, 400), style="" if v.passed else "red"))
+    for cid in v.checks:
+        tree.add(_check_line(cid, by_id.get((v.address, cid))))
+    for w in v.warnings:
+        tree.add(Text("warning: " + printable(w, 300), style="yellow"))
+    for h in v.hints:
+        tree.add(Text("hint: " + printable(h, 400), style="cyan"))
+    return tree
+
+
 def scenarios_table(report: RunReport, *, verbose: bool = False) -> Table | Group:
+    """Target x scenario (x address): the verdict in colour and the reason.
+
+    A target with several addresses gets one row per address and a line saying whether
+    the scenario passes on all, some or none of them.
+    """
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
     for col in ("target", "address", "scenario", "verdict", "reason"):
         table.add_column(col, no_wrap=col not in ("reason", "scenario"), overflow="fold")
@@ -78,7 +127,8 @@ def scenarios_table(report: RunReport, *, verbose: bool = False) -> Table | Grou
             by_id[(r.address, r.id)] = r
     trees: list[Tree] = []
     for t in report.targets:
-        for v in t.scenarios:
+        rollup = scenario_rollup(t.scenarios) if len(t.addresses) > 1 else {}
+        for i, v in enumerate(t.scenarios):
             reason = v.reason
             if v.warnings:
                 reason += "  ⚠ " + "; ".join(v.warnings[:2])
@@ -89,31 +139,11 @@ def scenarios_table(report: RunReport, *, verbose: bool = False) -> Table | Grou
                 verdict_text(v),
                 Text(printable(reason, 400), style="" if v.passed else "red"),
             )
+            last_of_id = i + 1 == len(t.scenarios) or t.scenarios[i + 1].id != v.id
+            if v.id in rollup and last_of_id:
+                _rollup_row(table, t, v.id, v.title, rollup[v.id])
             if verbose:
-                tree = Tree(
-                    Text.assemble(verdict_text(v), " ", printable(v.title), f"  {v.address}")
-                )
-                for cid in v.checks:
-                    found = by_id.get((v.address, cid))
-                    if found is None:
-                        tree.add(Text(f"{cid}: not run", style="dim"))
-                        continue
-                    r = found
-                    tree.add(
-                        Text.assemble(
-                            f"{cid} ",
-                            (f"{r.port}", "bold"),
-                            " ",
-                            state_text(r),
-                            " ",
-                            status_text(r),
-                            " ",
-                            printable(r.message, 160),
-                        )
-                    )
-                for h in v.hints:
-                    tree.add(Text("hint: " + printable(h, 300), style="cyan"))
-                trees.append(tree)
+                trees.append(scenario_tree(v, by_id))
     if trees:
         return Group(table, *trees)
     return table
