@@ -1,0 +1,1 @@
+"""Hostile peers that no real server imitates: silence, drip, floods, garbage, resets."""

@@ -1,0 +1,113 @@
+"""Every probe against every protocol-agnostic hostile behaviour, all in ONE run.
+
+What must hold (issue: robustness): each check ends by its deadline (+100 ms at most)
+with the exact status, the healthy check in the same run is unaffected, exprobe's peak
+memory stays bounded, and nothing crashes.  The figures this test measures are the
+ones published in docs/reliability.md (run with `-s` to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exprobe.probes import load_all
+from tests.evil.server import BEHAVIOURS, EvilServer
+from tests.helpers import ROOT, LoopbackServer, validate_report
+
+TIMEOUT = 2.0
+SERVER_FIRST = ("banner", "smtp", "pop3", "imap", "nntp")
+CLIENT_FIRST = ("ldap", "rfc1006", "msrpc-epm")
+GREETING_STEP = {"banner": "banner", "smtp": "greeting", "pop3": "greeting",
+                 "imap": "greeting", "nntp": "greeting"}
+
+# (probe kind, behaviour) -> status.  Server-first probes wait for a greeting;
+# client-first probes speak first and then wait for a framed reply.
+EXPECTED: dict[str, dict[str, str]] = {
+    "server-first": {
+        "silent": "io-timeout",
+        "drip": "io-timeout",
+        "flood": "protocol-error",
+        "garbage": "protocol-error",
+        "close": "connection-closed",
+        "reset": "connection-closed",
+        "reset-after-first": "connection-closed",
+    },
+    "client-first": {
+        "silent": "io-timeout",
+        "flood": "protocol-error",
+        "garbage": "protocol-error",
+        "close": "connection-closed",
+        "reset": "connection-closed",
+        "reset-after-first": "connection-closed",
+    },
+}
+# A drip of "2222..." is rejected as soon as the first framing bytes are wrong, except
+# where the header is longer than the deadline lets the drip deliver (DCE/RPC: 16 bytes).
+DRIP = {"ldap": "protocol-error", "rfc1006": "protocol-error", "msrpc-epm": "io-timeout"}
+
+
+def expected_status(probe: str, behaviour: str) -> str:
+    if probe in SERVER_FIRST:
+        if probe == "banner" and behaviour == "garbage":
+            return "success"  # any first line is a banner; it is shown escaped
+        return EXPECTED["server-first"][behaviour]
+    if behaviour == "drip":
+        return DRIP[probe]
+    return EXPECTED["client-first"][behaviour]
+
+
+def test_hostile_matrix_in_one_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    registry = load_all()
+    probes = [p for p in (*SERVER_FIRST, *CLIENT_FIRST) if p in registry]
+    missing = sorted(set(SERVER_FIRST + CLIENT_FIRST) - set(probes))
+    assert not missing, f"probes not registered: {missing}"
+    with EvilServer() as evil, LoopbackServer() as healthy:
+        checks = [f"--check=tcp:{healthy.port}"]
+        checks += [f"--check={probe}:{port}" for probe in probes for port in evil.ports.values()]
+        out, err = tmp_path / "out.json", tmp_path / "err.txt"
+        with out.open("wb") as fo, err.open("wb") as fe:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "exprobe", "run", "127.0.0.1", *checks, "--format",
+                 "json", "--timeout", str(TIMEOUT), "--per-host", "128", "--concurrency", "256"],
+                cwd=ROOT, stdout=fo, stderr=fe, env={**os.environ, "NO_COLOR": "1"},
+            )
+            try:
+                # wait4 gives this child's own peak RSS (KiB on Linux).
+                _, status, rusage = os.wait4(proc.pid, 0)
+            finally:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 1, err.read_text()
+    report = validate_report(json.loads(out.read_text()))
+    results = {(r["probe"], r["port"]): r for t in report["targets"] for r in t["results"]}
+    port_to_behaviour = {port: name for name, port in evil.ports.items()}
+
+    assert results[("tcp", healthy.port)]["status"] == "success"
+    wrong: list[str] = []
+    worst_overrun = 0.0
+    for (probe, port), r in results.items():
+        if probe == "tcp":
+            continue
+        behaviour = port_to_behaviour[port]
+        want = expected_status(probe, behaviour)
+        if r["status"] != want:
+            wrong.append(f"{probe}/{behaviour}: {r['status']} at {r['failed_step']} "
+                         f"({r['message']}), expected {want}")
+        worst_overrun = max(worst_overrun, r["elapsed_ms"] - TIMEOUT * 1000)
+        if behaviour == "silent" and probe in GREETING_STEP:
+            assert r["failed_step"] == GREETING_STEP[probe], (probe, r["failed_step"])
+    assert not wrong, "\n".join(wrong)
+    assert len(results) == 1 + len(probes) * len(BEHAVIOURS)
+    assert worst_overrun < 100, f"a check ran {worst_overrun:.0f} ms past its deadline"
+    peak_mb = rusage.ru_maxrss / 1024
+    assert peak_mb < 150, f"peak RSS {peak_mb:.0f} MB"
+    with capsys.disabled():
+        print(f"\nhostile matrix: {len(probes)} probes x {len(BEHAVIOURS)} behaviours = "
+              f"{len(probes) * len(BEHAVIOURS)} checks, all as expected; "
+              f"worst overrun past the deadline {max(worst_overrun, 0):.1f} ms; "
+              f"peak RSS {peak_mb:.1f} MB")
