@@ -726,3 +726,11 @@ def test_banner_markup_and_escapes_are_shown_literally(command: str) -> None:
     assert "\\x1b]0;title\\x07\\x1b[2J" in out.stdout  # escapes shown as text
     if command == "check":
         assert "[link=http://x]y[/link]" in out.stdout
+
+
+def test_ehlo_name_cannot_smuggle_a_command() -> None:
+    out = exprobe("check", "127.0.0.1", "smtp", "--port", "9", "--set", "ehlo_name=x\r\nVRFY root")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert "ehlo_name" in out.stderr
+    assert "is not a domain name or an address literal" in out.stderr
