@@ -246,6 +246,17 @@ async def test_multi_fragment_replies_with_hundreds_of_entries() -> None:
     assert int(frag_line.split("response: ")[1].split(" ")[0]) > 30
 
 
+async def test_fragments_larger_than_offered_but_announced_in_the_bind_ack() -> None:
+    """A server that announces max_xmit 8000 in its bind_ack and then sends 8000-byte
+    fragments (above our 4280) is taken at its word (frag-len-65535 covers the rest)."""
+    cfg = PeerConfig(synthetic=100, max_frag=8000, honour_max_recv=False)
+    async with EpmPeer(cfg) as peer:
+        r, _ = await run_epm(peer.port, follow="none", map=False)
+    assert r.status is Status.SUCCESS
+    assert r.facts["epm"]["max_xmit"] == 8000
+    assert r.facts["lookup"]["entries"] == EX55_ENTRIES + 100
+
+
 async def test_trickled_bind_ack_and_replies() -> None:
     """Every PDU written a few bytes at a time (impacket's bind() crashes on this)."""
     async with EpmPeer(PeerConfig(trickle=7, others=False)) as peer:

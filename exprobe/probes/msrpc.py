@@ -38,6 +38,7 @@ from exprobe.wire.dcerpc import (
     EPM_VERSION,
     EPT_S_NOT_REGISTERED,
     HEADER_LEN,
+    MAX_FRAG_LIMIT,
     NULL_HANDLE,
     OPNUM_EPT_LOOKUP,
     OPNUM_EPT_MAP,
@@ -147,6 +148,10 @@ class RpcClient:
         if ack.max_recv < REQUEST_HEADER_LEN + 8:
             raise ProtocolError(f"bind_ack max_recv_frag {ack.max_recv} is unusable")
         self.max_xmit = min(DEFAULT_MAX_FRAG, ack.max_recv)
+        if ack.max_xmit > self.max_recv:
+            # C706 says the server sends at most our max_recv_frag; a server that announces
+            # larger fragments in its own bind_ack is taken at its word rather than failed.
+            self.max_recv = min(ack.max_xmit, MAX_FRAG_LIMIT)
         return ack
 
     async def call(self, opnum: int, stub: bytes, *, what: str) -> bytes:

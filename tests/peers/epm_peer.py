@@ -130,6 +130,7 @@ class PeerConfig:
     others: bool = True
     nak_reason: int = 0
     annotation: str | None = None  # overrides every annotation (hostile text tests)
+    honour_max_recv: bool = True  # False: fragments of max_frag whatever the client accepts
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:
@@ -408,7 +409,8 @@ class EpmPeer:
         except ProtocolError:
             return False
         call_id = bind.call_id
-        conn.max_frag = max(rpc.REQUEST_HEADER_LEN + 8, min(cfg.max_frag, bind.max_recv))
+        wanted = min(cfg.max_frag, bind.max_recv) if cfg.honour_max_recv else cfg.max_frag
+        conn.max_frag = max(rpc.REQUEST_HEADER_LEN + 8, wanted)
         b = cfg.behaviour
         if b == "bind-nak":
             await conn.send(rpc.build_bind_nak(call_id, cfg.nak_reason))
