@@ -4,6 +4,7 @@ properties: any bytes in -> a value or ProtocolError, never another exception.""
 from __future__ import annotations
 
 import contextlib
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from exprobe.wire.textproto import (
     parse_smtp_line,
     parse_smtp_reply,
 )
+
+ATOM_CHARS = string.ascii_letters + string.digits + "-=."
 
 # Postfix 3.7 in the lab, as nmap's smtp-commands saw it.
 POSTFIX_EHLO = [
@@ -419,7 +422,7 @@ def test_dot_block_round_trip(payload: list[str]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,15}", fullmatch=True), max_size=10))
+@given(st.lists(st.text(ATOM_CHARS, min_size=1, max_size=16), max_size=10))
 def test_imap_capability_round_trip(atoms: list[str]) -> None:
     resp = parse_imap_response(("* CAPABILITY " + " ".join(atoms)).encode())
     expected: list[str] = []
