@@ -70,6 +70,7 @@ from exprobe.wire.dcerpc import (
     parse_version,
     status_name,
     version_text,
+    warm_codec,
 )
 
 # The pure-Python NDR decoder costs ~0.2 s per 500 entries (64 KB) on a slow machine:
@@ -189,6 +190,18 @@ class RpcClient:
         return b"".join(parts)
 
 
+_codec_loaded = False
+
+
+async def _load_codec() -> None:
+    """Import impacket once, in a worker thread: the first import costs 0.3-0.9 s, and on
+    the event loop it would stall every other check of a sweep (and skew their timings)."""
+    global _codec_loaded
+    if not _codec_loaded:
+        await asyncio.to_thread(warm_codec)
+        _codec_loaded = True
+
+
 async def _decode_lookup(stub: bytes) -> LookupReply:
     if len(stub) > DECODE_IN_THREAD:
         return await asyncio.to_thread(decode_ept_lookup_response, stub)
@@ -291,6 +304,8 @@ async def msrpc_bind(stream: Stream, params: BindParams, ctx: ProbeContext) -> N
     Steps: `rpc-bind`.  A rejected context, bind_nak or fault → application-error (an RPC
     server answers, but not for this interface, or not anonymously).
     """
+    ctx.step("rpc-bind")
+    await _load_codec()
     uuid, version = parse_interface_spec(f"{params.interface}:{params.version}")
     meta = dict(ctx.check.meta)
     iface = xu.lookup(uuid, version)
@@ -301,7 +316,6 @@ async def msrpc_bind(stream: Stream, params: BindParams, ctx: ProbeContext) -> N
     if name:
         ctx.facts["interface_name"] = name
     label = f"{name or uuid} v{version_text(version)}"
-    ctx.step("rpc-bind")
     client = RpcClient(stream)
     try:
         ack = await client.bind(uuid, version)
@@ -420,6 +434,7 @@ class _Epm:
 
     async def bind(self) -> None:
         self.ctx.step("epm-bind")
+        await _load_codec()
         try:
             ack = await self.client.bind(EPM_UUID, EPM_VERSION)
         except BindRejected as exc:
