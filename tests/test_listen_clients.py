@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import errno
 import imaplib
+import importlib.util
 import json
 import poplib
 import random
@@ -75,11 +76,16 @@ ADHOC = [
 class ThreadedListener:
     """A `ListenServer` on its own event loop in a thread, at the first free offset."""
 
-    def __init__(self, defs: list[CheckDef], **opts: Any) -> None:
+    def __init__(self, defs: list[CheckDef], *, loop: str = "asyncio", **opts: Any) -> None:
         self.records: list[ConnRecord] = []
         self._defs = defs
         self._opts = opts
-        self._loop = asyncio.new_event_loop()
+        if loop == "uvloop":  # what `exprobe listen` runs on when uvloop is installed
+            import uvloop
+
+            self._loop = uvloop.new_event_loop()
+        else:
+            self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.server: ListenServer | None = None
@@ -158,9 +164,12 @@ class ThreadedListener:
         )
 
 
-@pytest.fixture(scope="module")
-def lst() -> Iterator[ThreadedListener]:
-    t = ThreadedListener(ADHOC, idle_timeout=5.0, conn_timeout=20.0)
+LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def lst(request: pytest.FixtureRequest) -> Iterator[ThreadedListener]:
+    t = ThreadedListener(ADHOC, loop=request.param, idle_timeout=5.0, conn_timeout=20.0)
     yield t
     t.close()
 
@@ -372,6 +381,30 @@ def test_certificate_names_listener(lst: ThreadedListener) -> None:
     assert san.get_values_for_type(x509.DNSName) == [NAME]
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == [HOST]
     assert "exprobe listen" in cert.subject.rfc4514_string()
+
+
+@pytest.mark.parametrize(("base", "greets"), [(993, True), (995, True), (465, True),
+                                             (563, True), (636, False)])  # fmt: skip
+def test_implicit_tls_client_hello_before_accept(
+    lst: ThreadedListener, base: int, greets: bool
+) -> None:
+    """A ClientHello already waiting when the listener accepts must reach the TLS layer
+    (found in the lab: sent right after the SYN/ACK, it was read as plaintext)."""
+    blocked = threading.Event()
+
+    def block() -> None:  # hold the listener's loop while the client connects and speaks
+        blocked.set()
+        time.sleep(0.5)
+
+    lst._loop.call_soon_threadsafe(block)
+    assert blocked.wait(10)
+    with (
+        socket.create_connection((HOST, lst.port(base)), timeout=10) as raw,
+        unverified().wrap_socket(raw) as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        if greets:
+            assert tls.recv(4)  # the greeting, over TLS
 
 
 def test_raw_cotp_cr_gets_cc_with_tsaps(lst: ThreadedListener) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -253,15 +254,13 @@ class PortStats:
         }
 
 
-def _peer(writer: asyncio.StreamWriter) -> tuple[str, int]:
-    info = writer.get_extra_info("peername")
+def _peer(info: Any) -> tuple[str, int]:
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
     return "?", 0
 
 
-def _local(writer: asyncio.StreamWriter) -> str:
-    info = writer.get_extra_info("sockname")
+def _local(info: Any) -> str:
     return str(info[0]) if isinstance(info, tuple) and info else "?"
 
 
@@ -300,6 +299,8 @@ class ListenServer:
         self.over_limit = 0
         self.sink_errors = 0
         self._servers: list[asyncio.Server] = []
+        self._sockets: list[socket.socket] = []  # implicit-TLS listening sockets
+        self._acceptors: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -310,7 +311,10 @@ class ListenServer:
         try:
             for lst in self.listeners:
                 for addr in self.addresses:
-                    self._servers.append(await self._bind(addr, lst))
+                    if lst.implicit_tls:
+                        self._bind_tls(addr, lst)
+                    else:
+                        self._servers.append(await self._bind(addr, lst))
         except BaseException:
             await self._close_servers()
             raise
@@ -331,10 +335,64 @@ class ListenServer:
         except OSError as exc:
             raise BindError(addr, lst.port, exc.errno, exc.strerror or str(exc)) from None
 
+    def _bind_tls(self, addr: str, lst: Listener) -> None:
+        """Implicit TLS: a plain listening socket and our own accept loop.
+
+        A client sends its ClientHello right after the TCP handshake.  A stream server
+        would already have read it as plaintext (uvloop does, even when paused at once)
+        before the TLS layer could be put in place; `connect_accepted_socket` wraps the
+        socket in TLS before anything is read, and tells us when the handshake fails.
+        """
+        try:
+            info = socket.getaddrinfo(
+                addr, lst.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )[0]
+            sock = socket.socket(info[0], socket.SOCK_STREAM)
+        except OSError as exc:
+            raise BindError(addr, lst.port, exc.errno, exc.strerror or str(exc)) from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if info[0] == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(info[4])
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise BindError(addr, lst.port, exc.errno, exc.strerror or str(exc)) from None
+        self._sockets.append(sock)
+        self._acceptors.append(asyncio.create_task(self._accept_loop(sock, lst)))
+
+    async def _accept_loop(self, sock: socket.socket, lst: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                conn, _addr = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    await asyncio.sleep(0.1)  # out of descriptors: let connections finish
+                    continue
+                if self._closing or exc.errno in (errno.EBADF, errno.EINVAL):
+                    return
+                continue  # ECONNABORTED and friends: that client is gone, go on
+            task = asyncio.create_task(self._handle_tls(lst, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _close_servers(self) -> None:
         servers, self._servers = self._servers, []
+        acceptors, self._acceptors = self._acceptors, []
+        for a in acceptors:
+            a.cancel()
         for s in servers:
             s.close()
+        if acceptors:
+            await asyncio.gather(*acceptors, return_exceptions=True)
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
         for s in servers:
             with contextlib.suppress(Exception):
                 await s.wait_closed()
@@ -344,6 +402,8 @@ class ListenServer:
         self._closing = True
         for s in self._servers:
             s.close()
+        for a in self._acceptors:
+            a.cancel()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
@@ -360,40 +420,106 @@ class ListenServer:
 
     # -- one connection ----------------------------------------------------------------------
 
+    def _admit(self, rec: ConnRecord) -> bool:
+        """Count the connection; False (and a record saying so) when over the limit."""
+        self.total += 1
+        self.stats[rec.port].count(rec.peer)
+        if self._closing or self.active >= self.max_connections:
+            self.over_limit += 1
+            rec.outcome = f"closed at once: {self.max_connections} connections already open"
+            return False
+        return True
+
     async def _handle(
         self, lst: Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        peer, peer_port = _peer(writer)
-        rec = ConnRecord(now_iso(), peer, peer_port, _local(writer), lst.port, lst.protocol)
+        """A plain connection (the stream server calls this once per accept)."""
+        peer, peer_port = _peer(writer.get_extra_info("peername"))
+        rec = ConnRecord(
+            now_iso(), peer, peer_port, _local(writer.get_extra_info("sockname")), lst.port,
+            lst.protocol,
+        )  # fmt: skip
         t0 = time.perf_counter()
-        self.total += 1
-        self.stats[lst.port].count(peer)
-        if self._closing or self.active >= self.max_connections:
-            # Accepted by the kernel already; close at once without a word.
-            self.over_limit += 1
-            rec.outcome = f"closed at once: {self.max_connections} connections already open"
-            writer.transport.abort()
+        if not self._admit(rec):
+            writer.transport.abort()  # accepted by the kernel already: close without a word
             self._emit(rec, t0)
             return
+
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return reader, writer
+
+        await self._run(lst, rec, t0, opened, None)
+
+    async def _handle_tls(self, lst: Listener, sock: socket.socket) -> None:
+        """An implicit-TLS connection: handshake first, then the responder."""
+        try:
+            peer, peer_port = _peer(sock.getpeername())
+            local = _local(sock.getsockname())
+        except OSError:  # reset before we looked
+            sock.close()
+            return
+        rec = ConnRecord(now_iso(), peer, peer_port, local, lst.port, lst.protocol)
+        t0 = time.perf_counter()
+        if not self._admit(rec):
+            sock.close()
+            self._emit(rec, t0)
+            return
+        loop = asyncio.get_running_loop()
+        limit = max(lst.line_limit, 1024) + 2
+
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            if self.tls_context is None:
+                raise Hangup("implicit TLS port but no certificate")
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: proto,
+                        sock,
+                        ssl=self.tls_context,
+                        ssl_handshake_timeout=self.idle_timeout,
+                    )
+            except ssl.SSLError as exc:
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                raise Hangup(f"TLS handshake failed ({str(reason).lower()})") from exc
+            writer = asyncio.StreamWriter(transport, proto, reader, loop)
+            obj = writer.get_extra_info("ssl_object")
+            version = obj.version() if obj is not None else None
+            rec.tls = version or "TLS"
+            rec.did(f"TLS {version}" if version else "TLS")
+            return reader, writer
+
+        await self._run(lst, rec, t0, opened, sock)
+
+    async def _run(
+        self,
+        lst: Listener,
+        rec: ConnRecord,
+        t0: float,
+        opened: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+        sock: socket.socket | None,
+    ) -> None:
+        """Open (TLS handshake, for implicit TLS), run the responder, log, close."""
+        task = asyncio.current_task()
         self.active += 1
         if task is not None:
             self._tasks.add(task)
-        conn = Conn(
-            reader,
-            writer,
-            rec,
-            name=self.name,
-            tls_context=self.tls_context,
-            idle_timeout=self.idle_timeout,
-            line_limit=lst.line_limit,
-            server=self,
-        )
+        writer: asyncio.StreamWriter | None = None
         clean = False
         try:
             async with asyncio.timeout(self.conn_timeout):
-                if lst.implicit_tls:
-                    await conn.start_tls()
+                reader, writer = await opened()
+                conn = Conn(
+                    reader,
+                    writer,
+                    rec,
+                    name=self.name,
+                    tls_context=self.tls_context,
+                    idle_timeout=self.idle_timeout,
+                    line_limit=lst.line_limit,
+                    server=self,
+                )
                 await lst.responder(conn)
             clean = True
             rec.outcome = rec.outcome or "answered"
@@ -422,7 +548,10 @@ class ListenServer:
             self.active -= 1
             if task is not None:
                 self._tasks.discard(task)
-            await _close(writer, polite=clean)
+            if writer is not None:
+                await _close(writer, polite=clean)
+            elif sock is not None:
+                sock.close()
             self._emit(rec, t0)
 
     def _emit(self, rec: ConnRecord, t0: float) -> None:
