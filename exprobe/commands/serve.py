@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import re
 import signal
 import sys
@@ -310,7 +311,8 @@ class Exporter:
                 raise BadRequest("nothing to probe: give profile=NAME, check=PROBE[:PORT[:TLS]] "
                                  "or port=N")
         budget = self.budget(headers)
-        check_timeout = min(self.base.timeout, budget)
+        # Checks end a little before the budget, so their results make it into the answer.
+        check_timeout = min(self.base.timeout, max(MIN_BUDGET / 2, budget * 0.95 - 0.05))
         opts = RunOptions(
             connect_timeout=min(self.base.connect_timeout, check_timeout),
             timeout=check_timeout,
@@ -444,7 +446,9 @@ async def _serve(exporter: Exporter, host: str, port: int) -> None:
         server = await asyncio.start_server(exporter.handle, host, port, limit=MAX_LINE,
                                             reuse_address=True)
     except OSError as exc:
-        raise InputError(f"--listen {host}:{port}: cannot listen ({exc.strerror or exc})") from None
+        # asyncio rewrites the message; the errno still names the problem.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise InputError(f"--listen {host}:{port}: cannot listen ({why})") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ must fail or be closed passes as expected instead of failing the build.
 
 from __future__ import annotations
 
+import re
 import socket
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -21,14 +22,18 @@ from exprobe.status import Status
 _PORT_KINDS = ("closed", "filtered", "not_open")
 
 
+# Characters XML 1.0 cannot carry that printable() leaves alone (lone surrogates, U+FFFE/F).
+_NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
 def _xml_text(text: object, limit: int = 4000) -> str:
-    """One line; printable() escapes every control character XML 1.0 cannot carry."""
-    return printable(text, limit)
+    """One line; printable() escapes the control characters, _NOT_XML the rest."""
+    return _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(text, limit))
 
 
 def _xml_block(text: str, limit: int = 8000) -> str:
     """Several lines, each made safe on its own (newlines kept)."""
-    return "\n".join(printable(line, 1000) for line in text.splitlines())[:limit]
+    return "\n".join(_xml_text(line, 1000) for line in text.splitlines())[:limit]
 
 
 def _seconds(ms: float | None) -> str:
