@@ -16,9 +16,11 @@ import errno
 import imaplib
 import importlib.util
 import json
+import os
 import poplib
 import random
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -26,6 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -787,3 +790,177 @@ def test_exprobe_run_exchange55_against_listen_passes() -> None:
         no_responder_errors(t)
     finally:
         t.close()
+
+
+# -- the command itself -----------------------------------------------------------------------
+
+
+class ListenProcess:
+    """`python -m exprobe listen ...` in its own session; stdout lines collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        import queue
+        import sys
+
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.stderr = ""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exprobe", "listen", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> str | None:
+        """The first line containing `text`; None if the process ended first."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                return None
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"{text!r} not seen within {timeout}s: {self.seen}")
+
+    def finish(self, sig: int | None = signal.SIGTERM, timeout: float = 20.0) -> str:
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
+        while True:
+            line = self.lines.get(timeout=5)
+            if line is None:
+                break
+            self.seen.append(line)
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            self.stderr = self.proc.stderr.read()
+        return "\n".join(self.seen)
+
+
+def start_listen(*args: str) -> tuple[ListenProcess, int]:
+    """A listener CLI at the first free offset (another test run may hold one)."""
+    offsets = list(OFFSETS)
+    random.shuffle(offsets)
+    for offset in offsets:
+        lp = ListenProcess("--bind", HOST, "--port-offset", str(offset), *args)
+        if lp.wait_for("listening ") is not None:
+            return lp, offset
+        lp.finish(None)
+        err = lp.stderr
+        assert lp.proc.returncode == 2, err
+        assert "already in use" in err, err
+    raise AssertionError("no free offset")
+
+
+def test_listen_cli_logs_each_connection_and_summarises_on_sigterm(tmp_path: Path) -> None:
+    log, ca = tmp_path / "listen.jsonl", tmp_path / "ca.pem"
+    lp, offset = start_listen(
+        "--check", "smtp:25:starttls", "--check", "pop3", "--log-json", str(log),
+        "--ca-out", str(ca), "--name", NAME,
+    )  # fmt: skip
+    try:
+        head = "\n".join(lp.seen)
+        assert f"2 ports on {HOST} for ad hoc checks, port offset +{offset}" in head
+        assert f"--port-offset {offset} --ca-file {ca}" in head
+        # A verifying client that trusts the rehearsal CA: no certificate complaint.
+        proc = exprobe(
+            "run", HOST, "--check", "smtp:25:starttls", "--port-offset", str(offset),
+            "--ca-file", str(ca), "--tls-verify", "--format", "json",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        (r,) = json.loads(proc.stdout)["targets"][0]["results"]
+        assert (r["status"], r["facts"]["cert_trusted"], r["warnings"]) == ("success", True, [])
+        line = lp.wait_for(f"→ {25 + offset}/smtp")
+        assert line is not None
+        assert "· STARTTLS · TLS TLSv1." in line
+        assert line.endswith("[said goodbye]", 0, line.rindex(" "))
+    finally:
+        out = lp.finish(signal.SIGTERM)
+    assert lp.proc.returncode == 0, lp.stderr
+    assert "terminated: 1 connections" in out
+    assert f"never reached: {110 + offset}" in out
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["listening", "connection", "summary"]
+    assert records[0]["addresses"] == [HOST]
+    assert records[0]["port_offset"] == offset
+    conn = records[1]
+    assert (conn["peer"], conn["port"], conn["protocol"]) == (HOST, 25 + offset, "smtp")
+    assert conn["actions"][1:3] == ["STARTTLS", f"TLS {conn['tls']}"]
+    assert records[2]["never_reached"] == [110 + offset]
+    assert records[2]["reached"] == [25 + offset]
+
+
+def test_listen_cli_sigint_and_duration(tmp_path: Path) -> None:
+    lp, _ = start_listen("--port", "8080")
+    out = lp.finish(signal.SIGINT)
+    assert lp.proc.returncode == 0
+    assert "interrupted: 0 connections" in out
+    lp, _ = start_listen("--port", "8080", "--duration", "0.5")
+    out = lp.finish(None)
+    assert lp.proc.returncode == 0
+    assert "stopped: 0 connections" in out
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_listen_cli_privileged_port_without_privileges() -> None:
+    """Without CAP_NET_BIND_SERVICE (dropped from the bounding set, root or not), port 25
+    cannot be bound: one line naming the fix, exit 2."""
+    import sys
+
+    if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() != "1024":
+        pytest.skip("this machine lets anyone bind low ports")
+    proc = subprocess.run(
+        ["setpriv", "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service",
+         sys.executable, "-m", "exprobe", "listen", "--bind", HOST, "--check", "smtp"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"exprobe: error: cannot listen on {HOST}:25: permission denied (ports below 1024 "
+        "need root or CAP_NET_BIND_SERVICE; rehearse unprivileged with --port-offset 10000 "
+        "(and `exprobe run --port-offset 10000` on the client side))"
+    )
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bind", "0.0.0.0", "--port", "8080"], "--bind 0.0.0.0: a wildcard answers"),
+        (["--port", "8080"], "--bind ADDR is required"),
+        (["--bind", HOST], "nothing to listen for"),
+        (["--bind", HOST, "-p", "exchange55", "--port", "1"], "exclude each other"),
+        (["--bind", HOST, "-p", "exchange55", "--scenario", "nope"], "no such scenario"),
+        (["--bind", HOST, "--port", "8080", "--name", "bad name"], "not a host name"),
+        (["--bind", "192.0.2.77", "--port", "8080", "--port-offset", "20000"],
+         "192.0.2.77 is not an address of this machine"),
+    ],
+)  # fmt: skip
+def test_listen_cli_input_errors(args: list[str], message: str) -> None:
+    proc = exprobe("listen", *args, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

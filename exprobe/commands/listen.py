@@ -286,7 +286,7 @@ def listen(
     err = make_console(no_color, stderr=True)
 
     def on_record(rec: Any) -> None:
-        out.print(record_line(rec))
+        out.print(record_line(rec), soft_wrap=True)  # one connection, one line (grep)
         if jlog is not None:
             jlog.write(rec.to_dict())
 
@@ -406,7 +406,8 @@ def _announce(
             f"listening {until}; from the client side: exprobe run {target}{prof}{run_hint}"
             + (f" --ca-file {ca_out}" if ca_out else ""),
             style="dim",
-        )
+        ),
+        soft_wrap=True,
     )
 
 
