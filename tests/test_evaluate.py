@@ -478,3 +478,58 @@ def test_a_verdict_per_address_and_the_rollup() -> None:
     d = report.to_dict()
     assert d["targets"][0]["scenario_summary"] == {"smtp-inbound": "some", "pop3-retrieve": "all"}
     assert d["summary"]["scenarios"] == {"pass": 3, "fail": 1}
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def test_table_shows_a_rollup_line_per_scenario_for_several_addresses() -> None:
+    from exprobe.report.plain import render
+
+    a, b = "10.0.0.5", "10.0.0.6"
+    t = TargetReport("mail.example", addresses=[a, b])
+    t.results = [
+        res("smtp", 25, address=a),
+        res("smtp", 25, Status.CONNECTION_TIMEOUT, address=b),
+        res("pop3", 110, address=a, message="+OK \x1b[31mred\x1b[0m"),
+        res("pop3s", 995, address=a),
+        res("pop3", 110, address=b),
+        res("pop3s", 995, address=b),
+    ]
+    report = RunReport(started_at="x", targets=[t])
+    evaluate(report, [SMTP, POP3])
+    text = render(report, verbose=True)
+    rows = [[c.strip() for c in line.split("│")] for line in text.splitlines() if "│" in line]
+    assert rows[:6] == [
+        ["mail.example", a, "Inbound SMTP", "PASS", "Inbound SMTP works: 25 open"],
+        [
+            "mail.example",
+            b,
+            "Inbound SMTP",
+            "FAIL",
+            "Inbound SMTP fails: 25 filtered (connection-timeout)",
+        ],
+        ["mail.example", "2 addresses", "Inbound SMTP", "SOME", "passes on 1 of 2 addresses"],
+        ["mail.example", a, "POP3 retrieve", "PASS", "POP3 retrieve works via 110"],
+        ["mail.example", b, "POP3 retrieve", "PASS", "POP3 retrieve works via 110"],
+        ["mail.example", "2 addresses", "POP3 retrieve", "ALL", "passes on 2 of 2 addresses"],
+    ]
+    # -v: a tree per verdict, with the deciding checks and the hints
+    assert "FAIL Inbound SMTP  10.0.0.6" in text
+    assert "smtp  tcp 25  filtered connection-timeout  at connect" in text
+    assert "hint: Open TCP 25 from the sending SMTP host to 10.0.0.6." in text
+    assert "PASS POP3 retrieve  10.0.0.5  via pop3" in text
+    assert "\x1b" not in text
+    assert "+OK \\x1b[31mred\\x1b[0m" in text
+
+
+def test_table_single_address_has_no_rollup_line() -> None:
+    from exprobe.report.plain import render
+
+    t = TargetReport("mail.example", addresses=[ADDR], results=[res("smtp", 25)])
+    report = RunReport(started_at="x", targets=[t])
+    evaluate(report, [SMTP])
+    text = render(report)
+    assert "addresses │" not in text
+    assert "SOME" not in text
+    assert "ALL" not in text
