@@ -92,7 +92,7 @@ def listeners_table(server: Any, plan: Any) -> Table:
             lst.protocol,
             tls,
             Text(", ".join(lst.checks)),
-            Text(lst.note or _ANSWERS.get(lst.protocol.rstrip("s"), "")),
+            Text(lst.note or answers(lst.protocol, lst.implicit_tls)),
         )
     for lst in plan.withheld:
         table.add_row(
@@ -111,10 +111,19 @@ _ANSWERS = {
     "imap": "* OK [CAPABILITY], CAPABILITY, STARTTLS, LOGOUT",
     "nntp": "200 greeting, CAPABILITIES, STARTTLS (382), QUIT (205)",
     "ldap": "anonymous bind, rootDSE, StartTLS, unbind",
-    "ldap-": "",
     "rfc1006": "COTP CR → CC (TSAPs echoed), DR",
     "tcp": "TCP accept only",
 }
+_IMPLICIT = {"smtps": "smtp", "pop3s": "pop3", "imaps": "imap", "nntps": "nntp", "ldaps": "ldap"}
+
+
+def answers(protocol: str, implicit: bool) -> str:
+    """What a listener answers, in a few words (STARTTLS only where it is offered)."""
+    if not implicit:
+        return _ANSWERS.get(protocol, "")
+    plain = _ANSWERS.get(_IMPLICIT.get(protocol, protocol), "")
+    kept = [p for p in plain.split(", ") if not p.startswith(("STARTTLS", "STLS"))]
+    return "TLS, then " + ", ".join(kept)
 
 
 def _offers_starttls(lst: Any) -> bool:
@@ -325,7 +334,9 @@ def listen(
             raise InputError(bind_error_text(exc, port_offset)) from None
         started["yes"] = True
         try:
-            _announce(out, server, plan, addresses, info, port_offset, duration, ca_out)
+            _announce(
+                out, server, plan, addresses, info, port_offset, duration, ca_out, scenario or []
+            )
             if jlog is not None:
                 jlog.write(_listening_record(server, plan, addresses, info, port_offset))
             if duration is None:
@@ -385,6 +396,7 @@ def _announce(
     offset: int,
     duration: float | None,
     ca_out: str | None,
+    scenarios: list[str],
 ) -> None:
     what = f"profile {info.get('name')}" if info else "ad hoc checks"
     head = (
@@ -401,6 +413,7 @@ def _announce(
     run_hint = f" --port-offset {offset}" if offset else ""
     target = addresses[0]
     prof = f" -p {info.get('name')}" if info else ""
+    prof += "".join(f" --scenario {sid}" for sid in scenarios)
     out.print(
         Text(
             f"listening {until}; from the client side: exprobe run {target}{prof}{run_hint}"
