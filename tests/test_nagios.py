@@ -93,6 +93,14 @@ def test_warning_certificate_days_perfdata() -> None:
                     "certificate expires in 5 days (2026-01-06)")
     assert "'10.0.0.5:993 cert_days'=5" in perf
     assert lines == ["WARN 10.0.0.5:993 imaps: TLS: certificate expires in 5 days (2026-01-06)"]
+    # A scenario repeating its check's warning (with or without a prefix) is not counted twice;
+    # its own warnings are.
+    rep.targets[0].scenarios = [verdict("imap-retrieve", True, warnings=(
+        "993: TLS: certificate expires in 5 days (2026-01-06)", "STARTTLS not offered on 143"))]
+    _, text, _, lines = parse(nagios.render(rep))
+    assert lines == ["WARN 10.0.0.5:993 imaps: TLS: certificate expires in 5 days (2026-01-06)",
+                     "WARN 10.0.0.5 imap-retrieve: STARTTLS not offered on 143"]
+    assert "2 warnings" in text
 
 
 def test_unknown_interrupted_and_internal_error() -> None:
