@@ -62,7 +62,10 @@ def expected_status(probe: str, behaviour: str) -> str:
     return EXPECTED["client-first"][behaviour]
 
 
-def test_hostile_matrix_in_one_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])  # uvloop when installed, and the stdlib loop
+def test_hostile_matrix_in_one_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, loop: str
+) -> None:
     registry = load_all()
     probes = [p for p in (*SERVER_FIRST, *CLIENT_FIRST) if p in registry]
     missing = sorted(set(SERVER_FIRST + CLIENT_FIRST) - set(probes))
@@ -75,7 +78,7 @@ def test_hostile_matrix_in_one_run(capsys: pytest.CaptureFixture[str], tmp_path:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "exprobe", "run", "127.0.0.1", *checks, "--format",
                  "json", "--timeout", str(TIMEOUT), "--per-host", "128", "--concurrency", "256"],
-                cwd=ROOT, stdout=fo, stderr=fe, env={**os.environ, "NO_COLOR": "1"},
+                cwd=ROOT, stdout=fo, stderr=fe, env={**os.environ, "NO_COLOR": "1", "EXPROBE_LOOP": loop},
             )
             try:
                 # wait4 gives this child's own peak RSS (KiB on Linux).
@@ -107,7 +110,7 @@ def test_hostile_matrix_in_one_run(capsys: pytest.CaptureFixture[str], tmp_path:
     peak_mb = rusage.ru_maxrss / 1024
     assert peak_mb < 150, f"peak RSS {peak_mb:.0f} MB"
     with capsys.disabled():
-        print(f"\nhostile matrix: {len(probes)} probes x {len(BEHAVIOURS)} behaviours = "
+        print(f"\nhostile matrix ({loop} loop): {len(probes)} probes x {len(BEHAVIOURS)} behaviours = "
               f"{len(probes) * len(BEHAVIOURS)} checks, all as expected; "
               f"worst overrun past the deadline {max(worst_overrun, 0):.1f} ms; "
               f"peak RSS {peak_mb:.1f} MB")
