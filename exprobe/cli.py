@@ -167,7 +167,10 @@ def main_nagios() -> int:
         return unknown(f"internal error in exprobe: {type(exc).__name__}: {exc}")
     if INPUT_FAILURES:
         return unknown(INPUT_FAILURES[-1])
-    return code if isinstance(code, int) else 0
+    if not isinstance(code, int):
+        return 0
+    # Interrupted (128 + signal): the report, if any, already said UNKNOWN.
+    return code if 0 <= code <= UNKNOWN else UNKNOWN
 
 
 def main() -> None:

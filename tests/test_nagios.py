@@ -246,3 +246,30 @@ def test_cli_warning_exit_1_for_an_untrusted_certificate(tmp_path: Path) -> None
     assert any(line.startswith(f"WARN 127.0.0.1:{port} banner:{port}:implicit: TLS: ")
                for line in lines)
     assert any(p.startswith(f"'127.0.0.1:{port} cert_days'=") for p in perf)
+
+
+def test_cli_sigterm_mid_run_is_unknown_exit_3() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    with LoopbackServer() as tarpit:  # accepts and never speaks
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exprobe", "run", "127.0.0.1", "--check",
+             f"banner:{tarpit.port}", "--timeout", "30", "--format", "nagios"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        deadline = time.monotonic() + 20
+        while tarpit.accepted == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert tarpit.accepted == 1
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 3, out
+    assert out.startswith("EXPROBE UNKNOWN - nothing was checked: run interrupted | ")
+    assert "UNKNOWN the run was interrupted; results are partial" in out
