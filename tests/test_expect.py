@@ -429,3 +429,15 @@ def test_run_bad_expectations_file_exit_2(tmp_path: Path) -> None:
     out = exprobe("run", "127.0.0.1", "--port", "1", "--expect", scen)
     assert out.returncode == 2
     assert "expect[0].pass: scenario 'x' needs a profile (-p/--profile)" in out.stderr
+
+
+def test_run_expect_jsonl_records(tmp_path: Path) -> None:
+    closed = free_port()
+    path = write(tmp_path, f'schema_version = 1\n[[expect]]\ntarget = "127.0.0.1"\nclosed = [{closed}]\n')
+    out = exprobe("run", "127.0.0.1", "--expect", path, "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["type"] for r in records] == ["check", "expectation", "summary"]
+    assert records[1]["met"] is True
+    assert records[1]["port"] == closed
+    assert records[2]["expectations"] == {"met": 1, "violated": 0}

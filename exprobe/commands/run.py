@@ -292,6 +292,8 @@ def run(
             for t in report.targets:
                 for v in t.scenarios:
                     writer.record("scenario", {"target": t.target, **v.to_dict()})
+            for e in report.expectations or []:
+                writer.record("expectation", e)
             writer.record("summary", report.summary())
     if before is not None:
         from exprobe.diff import diff_reports, render_diff
