@@ -805,6 +805,7 @@ class ListenProcess:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self.stderr = ""
+        self.eof = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exprobe", "listen", *args],
             stdout=subprocess.PIPE,
@@ -833,6 +834,7 @@ class ListenProcess:
             except queue.Empty:
                 continue
             if line is None:
+                self.eof = True
                 return None
             self.seen.append(line)
             if text in line:
@@ -847,22 +849,26 @@ class ListenProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
             raise
-        while True:
-            line = self.lines.get(timeout=5)
+        while not self.eof:
+            line = self.lines.get(timeout=10)
             if line is None:
-                break
-            self.seen.append(line)
+                self.eof = True
+            else:
+                self.seen.append(line)
         assert self.proc.stderr is not None
         with self.proc.stderr:
             self.stderr = self.proc.stderr.read()
         return "\n".join(self.seen)
 
 
-def start_listen(*args: str) -> tuple[ListenProcess, int]:
+def start_listen(*args: str, offsets: list[int] | None = None) -> tuple[ListenProcess, int]:
     """A listener CLI at the first free offset (another test run may hold one)."""
-    offsets = list(OFFSETS)
-    random.shuffle(offsets)
+    if offsets is None:
+        offsets = list(OFFSETS)
+        random.shuffle(offsets)
     for offset in offsets:
         lp = ListenProcess("--bind", HOST, "--port-offset", str(offset), *args)
         if lp.wait_for("listening ") is not None:
@@ -910,6 +916,25 @@ def test_listen_cli_logs_each_connection_and_summarises_on_sigterm(tmp_path: Pat
     assert conn["actions"][1:3] == ["STARTTLS", f"TLS {conn['tls']}"]
     assert records[2]["never_reached"] == [110 + offset]
     assert records[2]["reached"] == [25 + offset]
+
+
+def test_listen_cli_port_in_use_is_one_line_and_nothing_stays_open() -> None:
+    first, second = random.sample(OFFSETS, 2)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            squatter.bind((HOST, 8081 + first))
+        except OSError:
+            pytest.skip("port busy already")
+        squatter.listen(1)
+        lp, offset = start_listen("--port", "8080", "--port", "8081", offsets=[first, second])
+        out = lp.finish(signal.SIGTERM)
+    assert offset == second
+    assert lp.proc.returncode == 0, lp.stderr
+    assert "terminated: 0 connections" in out
+    # The failed attempt closed what it had opened before hitting the busy port.
+    with socket.socket() as probe:
+        assert probe.connect_ex((HOST, 8080 + first)) == errno.ECONNREFUSED
 
 
 def test_listen_cli_sigint_and_duration(tmp_path: Path) -> None:
