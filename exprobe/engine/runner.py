@@ -11,14 +11,22 @@ import asyncio
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 from exprobe.errors import ProbeError
-from exprobe.net.connect import connect_only, open_stream
+from exprobe.net.connect import (
+    in_progress,
+    open_stream,
+    raise_errno,
+    reset_close,
+    start_connect,
+    wait_connected,
+)
 from exprobe.net.stream import Stream
 from exprobe.net.tls import TlsOptions
 from exprobe.probes import load_all
 from exprobe.probes.base import CheckSpec, ProbeContext
-from exprobe.result import CheckResult, now_iso
+from exprobe.result import CheckResult
 from exprobe.status import (
     Classified,
     PortState,
@@ -53,8 +61,24 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
+_iso_second: list[Any] = [-1, ""]
+
+
+def now_iso() -> str:
+    """`exprobe.result.now_iso()` (UTC, milliseconds, "Z"), formatted once per second:
+    a sweep asks for it tens of thousands of times a second."""
+    t = time.time()
+    sec = int(t)
+    if sec != _iso_second[0]:
+        _iso_second[0] = sec
+        _iso_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_iso_second[1]}.{int((t - sec) * 1000):03d}Z"
+
+
 async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
     """Run `check` to completion within `opts.timeout`; never raises except CancelledError."""
+    if check.address is not None and load_all()[check.probe].func is None:
+        return await _connect_check(check, check.address, opts)
     started_at = now_iso()
     t0 = time.perf_counter()
     ctx = ProbeContext(check=check, tls_options=opts.tls, verbose=opts.verbose)
@@ -87,13 +111,12 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
             while True:
                 attempts += 1
                 try:
-                    async with asyncio.timeout(opts.connect_timeout):
-                        if spec.func is None:
-                            await connect_only(check.address, check.port, source=opts.source)
-                        else:
-                            stream = await open_stream(
-                                check.address, check.port, source=opts.source
-                            )
+                    stream = await open_stream(
+                        check.address,
+                        check.port,
+                        source=opts.source,
+                        connect_timeout=opts.connect_timeout,
+                    )
                     break
                 except TimeoutError:
                     if attempts > opts.retries:
@@ -139,6 +162,9 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
                 await _close_quietly(stream)
             else:
                 stream.abort()  # a failed check must not outlive its deadline saying goodbye
+                # The stdlib loop closes an aborted socket on its next pass: let it, so the
+                # per-host slot frees only once the connection is really gone.
+                await asyncio.sleep(0)
 
     if classified is None:
         status, state = Status.SUCCESS, PortState.OPEN
@@ -154,6 +180,87 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
         check, ctx, status, state, failed_step, t0, connect_ms, started_at, message, stream
     )
     return Outcome(result, ctx.derived if status is Status.SUCCESS or ctx.derived else [])
+
+
+async def _connect_check(check: CheckSpec, address: str, opts: RunOptions) -> Outcome:
+    """The lean path of a probe without a function (`tcp`): connect, reset, report.
+
+    Same result as the generic path would give, without a context, a stream or a
+    cancel-scope: one timer per attempt, inside `connect_only`.
+    """
+    started_at = now_iso()
+    t0 = time.perf_counter()
+    deadline = t0 + opts.timeout
+    attempts = 0
+    classified: Classified | None = None
+    trace: str | None = None
+    try:
+        while True:
+            attempts += 1
+            remaining = deadline - time.perf_counter()
+            budget = min(opts.connect_timeout, remaining)
+            try:
+                if budget <= 0:
+                    raise TimeoutError
+                sock, err = start_connect(address, check.port, opts.source, bare=True)
+                try:
+                    if in_progress(err):
+                        err = await wait_connected(sock, budget)
+                    raise_errno(err)
+                finally:
+                    reset_close(sock)
+                break
+            except TimeoutError:
+                # Retry only a connect timeout, and never past the whole-check deadline.
+                if attempts > opts.retries or remaining <= opts.connect_timeout:
+                    raise
+    except (OSError, EOFError) as exc:  # TimeoutError and ConnectionError are OSErrors
+        classified = classify_connect_error(exc)
+    except Exception as exc:
+        classified = Classified(
+            Status.INTERNAL_ERROR,
+            PortState.UNKNOWN,
+            f"bug in exprobe: {type(exc).__name__}: {exc}",
+        )
+        if opts.verbose:
+            trace = traceback.format_exc(limit=20)
+    elapsed = _ms(t0)
+    facts: dict[str, Any] = dict(check.meta)
+    if classified is None:
+        if attempts > 1:
+            facts["connect_attempts"] = attempts
+        status, state, failed_step, message = Status.SUCCESS, PortState.OPEN, None, "connected"
+        connect_ms: float | None = elapsed
+        outcome = "ok"
+    else:
+        if classified.errno_name:
+            facts["errno"] = classified.errno_name
+        if trace is not None:
+            facts["traceback"] = trace
+        status, state, failed_step = classified.status, classified.port_state, "connect"
+        message, connect_ms, outcome = classified.reason, None, classified.status.value
+    result = CheckResult(
+        id=check.id,
+        probe=check.probe,
+        target=check.target,
+        address=address,
+        port=check.port,
+        status=status,
+        port_state=state,
+        failed_step=failed_step,
+        elapsed_ms=elapsed,
+        connect_ms=connect_ms,
+        started_at=started_at,
+        message=message,
+        tls=check.params.tls,
+        facts=facts,
+        warnings=(),
+        steps=({"step": "connect", "elapsed_ms": elapsed, "outcome": outcome},),
+        transcript=(),
+        parent=check.parent,
+        labels=dict(check.labels),
+    )
+    return Outcome(result, [])
 
 
 async def _close_quietly(stream: Stream) -> None:

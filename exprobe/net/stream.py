@@ -110,6 +110,10 @@ class Stream:
         if record:
             self.transcript.add("C", note if note is not None else data)
         self.bytes_out += len(data)
+        if self._writer.transport.is_closing():
+            # The peer reset the connection: asyncio would fail at drain(), uvloop fails
+            # at write() with a RuntimeError.  Say the same thing on both loops.
+            raise ConnectionResetError("connection lost before the write")
         self._writer.write(data)
         await self._writer.drain()
 
@@ -154,7 +158,14 @@ class Stream:
 
     async def close(self) -> None:
         """Close politely but never wait long: the deadline belongs to the check."""
-        if self._writer.transport.is_closing():
+        transport = self._writer.transport
+        if transport.is_closing():
+            return
+        if not transport.get_write_buffer_size() and self.tls_object is None:
+            # Nothing to flush and no TLS goodbye: the FIN leaves now, and one loop pass
+            # lets the stdlib loop release the socket (no timer per check in a sweep).
+            self._writer.close()
+            await asyncio.sleep(0)
             return
         self._writer.close()
         try:
