@@ -24,6 +24,8 @@ _HOST_RE = re.compile(
     r"^(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$"
 )
 _LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+# The form of nearly every line of a big targets file: `a.b.c.d` or `a.b.c.d:port`.
+_V4_RE = re.compile(r"([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})(?::([0-9]{1,5}))?")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -86,6 +88,22 @@ def parse_target(
 ) -> Target:
     """One target from its text form."""
     raw = text.strip()
+    fast = _V4_RE.fullmatch(raw)
+    if fast is not None:
+        try:
+            # inet_pton is strict (no leading zeros, no short forms), like ipaddress.
+            packed = socket.inet_pton(socket.AF_INET, fast.group(1))
+        except OSError:
+            pass  # the general path below names the problem
+        else:
+            port_text = fast.group(2)
+            return Target(
+                raw,
+                address=ipaddress.IPv4Address(int.from_bytes(packed, "big")),
+                port=_port(port_text, where) if port_text is not None else None,
+                labels=labels,
+                where=where,
+            )
     shown = raw if len(raw) <= 80 else raw[:77] + "..."
     if not raw:
         raise InputError(f"{where}: empty target")
@@ -195,21 +213,51 @@ def consent_problem(targets: list[Target]) -> str | None:
 
 @dataclass(slots=True)
 class Resolved:
-    """A target with the addresses it stands for (or the reason it stands for none)."""
+    """A target with the addresses it stands for (or the reason it stands for none).
+
+    A CIDR block resolved with `expand=False` keeps its addresses in `pending`, a
+    generator, so a /16 swept to a stream never sits in memory as 65,536 strings.
+    """
 
     target: Target
     addresses: list[str] = field(default_factory=list)
     error: str | None = None
+    pending: Iterator[str] | None = None
+
+    def iter_addresses(self) -> Iterator[str]:
+        yield from self.addresses
+        if self.pending is not None:
+            yield from self.pending
+
+    def count(self) -> int:
+        """How many addresses (an upper bound while some are pending)."""
+        return len(self.addresses) + (self.target.size() if self.pending is not None else 0)
+
+
+_FAMILY_VERSION: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
+
+def resolve_literal(
+    target: Target, family: int = socket.AF_UNSPEC, *, expand: bool = True
+) -> Resolved:
+    """The addresses of an address or CIDR target (not a name), without the event loop."""
+    literal = target.address if target.address is not None else target.network
+    want = _FAMILY_VERSION.get(family)
+    if literal is None or (want is not None and literal.version != want):
+        return Resolved(target, [])
+    if target.address is not None:
+        if literal.version == 4:  # the text is canonical (the parser refuses other forms)
+            return Resolved(target, [target.text.partition(":")[0]])
+        return Resolved(target, [str(target.address)])
+    if expand:
+        return Resolved(target, list(target.addresses()))
+    return Resolved(target, [], pending=target.addresses())
 
 
 async def resolve(target: Target, family: int = socket.AF_UNSPEC) -> Resolved:
     """Every A and AAAA address of a name (once per run), or the literal addresses."""
     if not target.is_name:
-        addrs = list(target.addresses())
-        if family != socket.AF_UNSPEC:
-            want = 6 if family == socket.AF_INET6 else 4
-            addrs = [a for a in addrs if ipaddress.ip_address(a).version == want]
-        return Resolved(target, addrs)
+        return resolve_literal(target, family)
     loop = asyncio.get_running_loop()
     assert target.host is not None
     try:

@@ -40,43 +40,69 @@ def checks_for(target_port: int | None, defs: list[CheckDef], offset: int) -> li
     return list(out.values())
 
 
+def shard_of(address: str, count: int) -> int:
+    """Which of `count` shards probes `address`: every check of an address in one shard
+    (so the per-host limit holds), spread evenly.  Stable within a process and the
+    processes forked from it (the string hash seed is inherited)."""
+    return hash(address) % count
+
+
 def plan(
-    targets: Iterable[Resolved], defs: list[CheckDef], *, port_offset: int = 0
+    targets: Iterable[Resolved],
+    defs: list[CheckDef],
+    *,
+    port_offset: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[CheckSpec]:
     """One `CheckSpec` per (address, check), each address probed once however often listed.
 
     Unresolvable names yield one check per definition with no address; the runner turns
-    those into `dns-error` results without touching the network.
+    those into `dns-error` results without touching the network.  Lazy: a sweep of
+    100,000 targets holds one check at a time, plus one entry per address seen.
+    `shard=(index, count)` keeps only the addresses of that shard (`shard_of`); the
+    unresolvable names go to shard 0.
     """
-    seen: set[tuple[str, str]] = set()
+    index, count = shard if shard is not None else (0, 1)
+    # Per target port: the definitions with their ports resolved, computed once.
+    by_port: dict[int | None, list[tuple[CheckDef, int]]] = {}
+    # Per address: the definitions list already planned for it (the usual case: one
+    # shared list), or the set of check ids when an address came with different lists.
+    seen: dict[str, list[tuple[CheckDef, int]] | set[str]] = {}
     for res in targets:
         t = res.target
-        host_defs = checks_for(t.port, defs, port_offset)
+        host_defs = by_port.get(t.port)
+        if host_defs is None:
+            host_defs = by_port[t.port] = [
+                (d, d.resolved_port(port_offset)) for d in checks_for(t.port, defs, port_offset)
+            ]
         name = t.host
         if res.error:
-            for d in host_defs:
+            if index:
+                continue
+            for d, port in host_defs:
                 yield CheckSpec(
-                    d.id,
-                    d.probe,
-                    None,
-                    d.resolved_port(port_offset),
-                    d.params,
-                    t.text,
-                    server_name=name,
-                    labels=t.labels,
+                    d.id, d.probe, None, port, d.params, t.text, server_name=name, labels=t.labels
                 )
             continue
-        for address in res.addresses:
-            for d in host_defs:
-                key = (address, d.id)
-                if key in seen:
-                    continue
-                seen.add(key)
+        for address in res.iter_addresses():
+            if count > 1 and hash(address) % count != index:
+                continue
+            prev = seen.get(address)
+            if prev is None:
+                seen[address] = todo = host_defs
+            elif prev is host_defs:
+                continue
+            else:
+                ids = prev if isinstance(prev, set) else {d.id for d, _ in prev}
+                todo = [x for x in host_defs if x[0].id not in ids]
+                ids.update(d.id for d, _ in todo)
+                seen[address] = ids
+            for d, port in todo:
                 yield CheckSpec(
                     d.id,
                     d.probe,
                     address,
-                    d.resolved_port(port_offset),
+                    port,
                     d.params,
                     t.text,
                     server_name=name,

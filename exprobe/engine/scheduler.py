@@ -4,6 +4,14 @@ The scheduler knows no protocol.  It bounds work globally (`concurrency`), per a
 (`per_host`) and in new connections per second (`rate`), pulls checks lazily from an
 iterator (so a /16 never sits in memory as 65,536 objects), and feeds follow-up checks
 that a result asks for (the endpoint mapper's ports) back into the queue.
+
+Cheap per check, because a sweep runs tens of thousands a second: a worker takes the
+next check, runs it and hands the outcome to a plain callback (no queue, no extra task
+switch).  A check whose address is at its `per_host` limit is parked, not waited for,
+so the worker moves on; the check that frees the slot hands it straight to the parked
+one.  Workers exist only while there is work: they are started up to `concurrency`,
+end when nothing is runnable, and are started again when derived or parked checks
+become runnable.
 """
 
 from __future__ import annotations
@@ -12,13 +20,16 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from exprobe.engine.runner import Outcome
 from exprobe.probes.base import CheckSpec
 
+_YIELD_EVERY = 16
+
 Runner = Callable[[CheckSpec], Awaitable[Outcome]]
+Sink = Callable[[Outcome], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,99 +56,176 @@ class _RateLimiter:
             self._next = max(self._next, now) + self._interval
 
 
-class _HostGate:
-    """At most `limit` checks in flight per address; idle entries are dropped."""
+class _Pool:
+    """One run of the worker pool (see the module docstring)."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._sems: dict[str, asyncio.Semaphore] = {}
-        self._users: collections.Counter[str] = collections.Counter()
+    def __init__(
+        self,
+        checks: Iterable[CheckSpec],
+        run: Runner,
+        limits: Limits,
+        sink: Sink,
+        expected: int | None,
+    ) -> None:
+        self._source = iter(checks)
+        self._exhausted = False
+        self._run = run
+        self._sink = sink
+        self._concurrency = max(1, limits.concurrency)
+        self._per_host = max(1, limits.per_host)
+        self._limiter = _RateLimiter(limits.rate) if limits.rate else None
+        # The first wave of workers: no more than there are checks.
+        self._first_wave = min(self._concurrency, expected) if expected else self._concurrency
+        self._inflight: dict[str, int] = {}  # address -> checks running against it
+        self._parked: dict[str, collections.deque[CheckSpec]] = {}  # waiting for a slot
+        self._n_parked = 0
+        # Parking is bounded so that one address with many checks cannot pull the whole
+        # (lazy) plan into memory: past the cap, workers wait for slots to free.
+        self._park_cap = max(256, 4 * self._concurrency)
+        self._handoff: collections.deque[CheckSpec] = collections.deque()  # slot held
+        self._derived: collections.deque[CheckSpec] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._live = 0
+        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def acquire(self, key: str) -> None:
-        sem = self._sems.get(key)
-        if sem is None:
-            sem = self._sems[key] = asyncio.Semaphore(self._limit)
-        self._users[key] += 1
+    def _take(self) -> CheckSpec | None:
+        """The next runnable check, its address slot already taken; None: none now."""
+        if self._handoff:
+            return self._handoff.popleft()
+        while True:
+            if self._derived:
+                check = self._derived.popleft()
+            elif self._exhausted or self._n_parked >= self._park_cap:
+                return None
+            else:
+                nxt = next(self._source, None)
+                if nxt is None:
+                    self._exhausted = True
+                    return None
+                check = nxt
+            key = check.address or check.target
+            n = self._inflight.get(key, 0)
+            if n < self._per_host:
+                self._inflight[key] = n + 1
+                return check
+            parked = self._parked.get(key)
+            if parked is None:
+                parked = self._parked[key] = collections.deque()
+            parked.append(check)
+            self._n_parked += 1
+
+    def _release(self, key: str) -> None:
+        parked = self._parked.get(key)
+        if parked:
+            self._handoff.append(parked.popleft())  # the slot passes on, still taken
+            self._n_parked -= 1
+            if not parked:
+                del self._parked[key]
+            return
+        n = self._inflight[key] - 1
+        if n:
+            self._inflight[key] = n
+        else:
+            del self._inflight[key]
+
+    def _spawn(self, limit: int | None = None) -> None:
+        room = self._concurrency - self._live
+        if room <= 0:
+            return
+        if self._exhausted or self._n_parked >= self._park_cap:
+            room = min(room, len(self._handoff) + len(self._derived))
+        if limit is not None:
+            room = min(room, limit)
+        loop = asyncio.get_running_loop()
+        for _ in range(room):
+            task = loop.create_task(self._worker())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._live += 1
+
+    async def _worker(self) -> None:
+        done = 0
         try:
-            await sem.acquire()
-        except BaseException:
-            self._release_user(key)
+            while True:
+                check = self._take()
+                if check is None:
+                    return
+                key = check.address or check.target
+                try:
+                    if self._limiter is not None:
+                        await self._limiter.wait()
+                    outcome = await self._run(check)
+                finally:
+                    self._release(key)
+                if outcome.derived:
+                    self._derived.extend(outcome.derived)
+                self._sink(outcome)
+                if self._live < self._concurrency:
+                    self._spawn()
+                done += 1
+                if not done % _YIELD_EVERY:
+                    # On loopback a connect completes without suspending: let the loop
+                    # run now and then (signals, other workers, output flushes).
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
             raise
+        except BaseException as exc:  # the sink or the runner failed: end the run with it
+            if not self._finished.done():
+                self._finished.set_exception(exc)
+        finally:
+            self._live -= 1
+            if self._live == 0 and not self._finished.done():
+                self._finished.set_result(None)
 
-    def release(self, key: str) -> None:
-        self._sems[key].release()
-        self._release_user(key)
+    async def run(self) -> None:
+        self._spawn(self._first_wave)
+        if self._live == 0:
+            return
+        try:
+            await self._finished
+        finally:
+            # Interrupted, or one worker failed: stop the others before leaving.
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _release_user(self, key: str) -> None:
-        self._users[key] -= 1
-        if self._users[key] <= 0:
-            del self._users[key]
-            del self._sems[key]
+
+async def run_pool(
+    checks: Iterable[CheckSpec],
+    run: Runner,
+    limits: Limits,
+    sink: Sink,
+    *,
+    expected: int | None = None,
+) -> None:
+    """Run every check (and every derived one), calling `sink` with each outcome as it
+    finishes.  `expected`, when known, is how many checks `checks` holds (a hint)."""
+    await _Pool(checks, run, limits, sink, expected).run()
 
 
 async def schedule(
     checks: Iterable[CheckSpec], run: Runner, limits: Limits
 ) -> AsyncIterator[Outcome]:
     """Yield each check's outcome as it finishes, derived checks included."""
-    source: Iterator[CheckSpec] = iter(checks)
-    extra: collections.deque[CheckSpec] = collections.deque()
-    done: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=max(64, limits.concurrency))
-    gate = _HostGate(max(1, limits.per_host))
-    limiter = _RateLimiter(limits.rate) if limits.rate else None
+    ready: collections.deque[Outcome] = collections.deque()
     wakeup = asyncio.Event()
-    state = {"busy": 0, "exhausted": False}
 
-    def next_check() -> CheckSpec | None:
-        if extra:
-            return extra.popleft()
-        if not state["exhausted"]:
-            item = next(source, None)
-            if item is not None:
-                return item
-            state["exhausted"] = True
-        return None
+    def sink(outcome: Outcome) -> None:
+        ready.append(outcome)
+        wakeup.set()
 
-    async def worker() -> None:
-        while True:
-            check = next_check()
-            if check is None:
-                if state["busy"] == 0:
-                    wakeup.set()  # let sleeping workers see the end
-                    return
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            state["busy"] += 1
-            key = check.address or check.target
-            try:
-                await gate.acquire(key)
-                try:
-                    if limiter is not None:
-                        await limiter.wait()
-                    outcome = await run(check)
-                finally:
-                    gate.release(key)
-                extra.extend(outcome.derived)
-                await done.put(outcome)
-            finally:
-                state["busy"] -= 1
-                wakeup.set()
-
-    async def pool() -> None:
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(max(1, limits.concurrency)):
-                    tg.create_task(worker())
-        finally:
-            await done.put(None)  # the end, even when a worker failed
-
-    pool_task = asyncio.create_task(pool())
+    pool_task = asyncio.create_task(run_pool(checks, run, limits, sink))
+    pool_task.add_done_callback(lambda _: wakeup.set())
     try:
         while True:
-            outcome = await done.get()
-            if outcome is None:
+            while ready:
+                yield ready.popleft()
+            if pool_task.done():
                 break
-            yield outcome
+            wakeup.clear()
+            await wakeup.wait()
         await pool_task
     finally:
         if not pool_task.done():

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from exprobe.engine.plan import CheckDef, plan
-from exprobe.engine.runner import Outcome, RunOptions, run_check
-from exprobe.engine.scheduler import Limits, schedule
+from exprobe.engine.runner import RunOptions, run_check
+from exprobe.engine.scheduler import Limits, run_pool
+from exprobe.engine.shard import run_sharded, shard_count
 from exprobe.probes.base import CheckSpec
 from exprobe.result import CheckResult, RunReport, TargetReport, now_iso
-from exprobe.targets import Resolved, Target, resolve
+from exprobe.targets import Resolved, Target, resolve, resolve_literal
 
 ResultSink = Callable[[CheckResult], None]
 DNS_CONCURRENCY = 64
@@ -38,13 +40,25 @@ class Session:
     total_planned: int = 0
 
     async def resolve_all(self) -> list[Resolved]:
-        sem = asyncio.Semaphore(DNS_CONCURRENCY)
+        """Every target's addresses.  Literals need no loop and no task; names are
+        looked up concurrently (bounded).  Without kept results, CIDR blocks stay lazy."""
+        out: list[Resolved] = []
+        names: list[int] = []
+        for t in self.targets:
+            if t.is_name:
+                names.append(len(out))
+                out.append(Resolved(t))
+            else:
+                out.append(resolve_literal(t, self.family, expand=self.keep_results))
+        if names:
+            sem = asyncio.Semaphore(DNS_CONCURRENCY)
 
-        async def one(t: Target) -> Resolved:
-            async with sem:
-                return await resolve(t, self.family)
+            async def one(i: int) -> None:
+                async with sem:
+                    out[i] = await resolve(out[i].target, self.family)
 
-        return list(await asyncio.gather(*(one(t) for t in self.targets)))
+            await asyncio.gather(*(one(i) for i in names))
+        return out
 
     async def run(self, on_result: ResultSink | None = None) -> RunReport:
         """Run every check; on cancellation keep what finished and mark the report."""
@@ -55,29 +69,37 @@ class Session:
             "source_address": self.opts.source,
         }
         by_key: dict[tuple[str | None, str], CheckResult] = {}
+        keep = self.keep_results
         try:
             resolved = await self.resolve_all()
-            target_reports = [
-                TargetReport(r.target.text, dict(r.target.labels), list(r.addresses), r.error)
+            rep.targets = [
+                TargetReport(r.target.text, dict(r.target.labels), r.addresses, r.error)
                 for r in resolved
             ]
-            rep.targets = target_reports
-            self.total_planned = sum(
-                max(1, len(r.addresses)) * max(1, len(self.defs)) for r in resolved
-            )
+            n_defs = max(1, len(self.defs))
+            self.total_planned = sum(max(1, r.count()) * n_defs for r in resolved)
 
-            opts = self.opts
-
-            async def runner(spec: CheckSpec) -> Outcome:
-                return await run_check(spec, opts)
-
-            checks = plan(resolved, self.defs, port_offset=opts.port_offset)
-            async for outcome in schedule(checks, runner, self.limits):
-                r = outcome.result
+            def deliver(r: CheckResult) -> None:
                 if on_result is not None:
                     on_result(r)
-                if self.keep_results:
+                if keep:
                     by_key[(r.address, r.id) if r.address else (r.target, r.id)] = r
+
+            def checks(shard: tuple[int, int] | None = None) -> Iterator[CheckSpec]:
+                return plan(resolved, self.defs, port_offset=self.opts.port_offset, shard=shard)
+
+            runner = functools.partial(run_check, opts=self.opts)
+            shards = shard_count(self.total_planned, self.limits)
+            if shards > 1:
+                await run_sharded(checks, runner, self.limits, shards, deliver)
+            else:
+                await run_pool(
+                    checks(),
+                    runner,
+                    self.limits,
+                    lambda outcome: deliver(outcome.result),
+                    expected=self.total_planned,
+                )
         except asyncio.CancelledError:
             rep.interrupted = True
             task = asyncio.current_task()
