@@ -85,8 +85,17 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             factory = uvloop.new_event_loop
         except ImportError:
             factory = None
+    box: list[T] = []
+
+    async def main() -> None:
+        box.append(await coro)
+
+    # The main task returns nothing: Python 3.11's Runner.run() formats repr() of its
+    # task, result included, when it restores the SIGINT handler, and the repr of a
+    # 100,000-check report is seconds and hundreds of MB.
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        runner.run(main())
+    return box[0]
 
 
 def version_callback(value: bool) -> None:
@@ -173,9 +182,55 @@ def main_nagios() -> int:
     return code if 0 <= code <= UNKNOWN else UNKNOWN
 
 
+def _registered(name: str) -> bool:
+    names = [c.name or getattr(c.callback, "__name__", "") for c in app.registered_commands]
+    names += [g.name or "" for g in app.registered_groups]
+    return any(n.replace("_", "-") == name for n in names if n)
+
+
+def register_commands(argv: list[str]) -> None:
+    """Import the sub-command named on the command line, and only it when it is a module
+    of its own: `exprobe run ...`, spawned every minute by a monitoring system, need not
+    import `listen`, `serve` and the EPM codec.  Anything else (help, no command, a
+    name that is not a module) imports them all, as `import exprobe.commands` does."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    here = os.path.join(os.path.dirname(__file__), "commands")
+    if (
+        name is None
+        or "exprobe.commands" in sys.modules
+        or not name.isidentifier()
+        or name.startswith("_")
+        or not os.path.isfile(os.path.join(here, f"{name}.py"))
+    ):
+        import exprobe.commands  # registers every sub-command
+
+        return
+    import importlib
+    import importlib.machinery
+    import importlib.util
+
+    import exprobe
+
+    # A stand-in for the package while the one module loads; the real package (which
+    # imports every command) replaces it as soon as anything imports it.
+    spec = importlib.machinery.ModuleSpec("exprobe.commands", None, is_package=True)
+    spec.submodule_search_locations = [here]
+    stub = importlib.util.module_from_spec(spec)
+    sys.modules["exprobe.commands"] = stub
+    try:
+        importlib.import_module(f"exprobe.commands.{name}")
+    finally:
+        if sys.modules.get("exprobe.commands") is stub:
+            del sys.modules["exprobe.commands"]
+        if getattr(exprobe, "commands", None) is stub:
+            del exprobe.commands
+    if not _registered(name):
+        import exprobe.commands  # the module registered another name: all of them
+
+
 def main() -> None:
     """Console-script entry point."""
-    from exprobe import commands  # noqa: F401 - registers the sub-commands
+    register_commands(sys.argv[1:])
 
     if wants_nagios(sys.argv[1:]):
         sys.exit(main_nagios())
