@@ -11,7 +11,7 @@ import asyncio
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from exprobe.errors import ProbeError
 from exprobe.net.connect import (
@@ -61,18 +61,25 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-_iso_second: list[Any] = [-1, ""]
+_iso_cache: list[Any] = [-1, "", -1, ""]  # second, its text, millisecond, full text
 
 
 def now_iso() -> str:
-    """`exprobe.result.now_iso()` (UTC, milliseconds, "Z"), formatted once per second:
-    a sweep asks for it tens of thousands of times a second."""
+    """`exprobe.result.now_iso()` (UTC, milliseconds, "Z"), formatted once per second and
+    shared within a millisecond: a sweep asks for it tens of thousands of times a second,
+    and a kept report holds one per result."""
     t = time.time()
-    sec = int(t)
-    if sec != _iso_second[0]:
-        _iso_second[0] = sec
-        _iso_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_iso_second[1]}.{int((t - sec) * 1000):03d}Z"
+    ms = int(t * 1000)
+    cache = _iso_cache
+    if ms == cache[2]:
+        return cast(str, cache[3])
+    sec = ms // 1000
+    if sec != cache[0]:
+        cache[0] = sec
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    cache[2] = ms
+    cache[3] = text = f"{cache[1]}.{ms % 1000:03d}Z"
+    return text
 
 
 async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:

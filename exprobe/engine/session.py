@@ -11,7 +11,7 @@ import contextlib
 import functools
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from exprobe.engine.plan import CheckDef, plan
@@ -39,26 +39,30 @@ class Session:
     report: RunReport = field(default_factory=lambda: RunReport(started_at=now_iso()))
     total_planned: int = 0
 
-    async def resolve_all(self) -> list[Resolved]:
-        """Every target's addresses.  Literals need no loop and no task; names are
-        looked up concurrently (bounded).  Without kept results, CIDR blocks stay lazy."""
-        out: list[Resolved] = []
-        names: list[int] = []
-        for t in self.targets:
-            if t.is_name:
-                names.append(len(out))
-                out.append(Resolved(t))
-            else:
-                out.append(resolve_literal(t, self.family, expand=self.keep_results))
+    async def resolve_names(self) -> dict[int, Resolved]:
+        """The addresses of the targets that are names (by index in `targets`), looked
+        up concurrently (bounded).  Literal targets need no lookup at all."""
+        names = [i for i, t in enumerate(self.targets) if t.is_name]
+        out: dict[int, Resolved] = {}
         if names:
             sem = asyncio.Semaphore(DNS_CONCURRENCY)
 
             async def one(i: int) -> None:
                 async with sem:
-                    out[i] = await resolve(out[i].target, self.family)
+                    out[i] = await resolve(self.targets[i], self.family)
 
             await asyncio.gather(*(one(i) for i in names))
         return out
+
+    def resolved(self, names: dict[int, Resolved], *, expand: bool) -> Iterator[Resolved]:
+        """Every target with its addresses, in order, made as it is asked for."""
+        for i, t in enumerate(self.targets):
+            r = names.get(i)
+            yield r if r is not None else resolve_literal(t, self.family, expand=expand)
+
+    async def resolve_all(self) -> list[Resolved]:
+        """Every target's addresses (see `resolved`)."""
+        return list(self.resolved(await self.resolve_names(), expand=True))
 
     async def run(self, on_result: ResultSink | None = None) -> RunReport:
         """Run every check; on cancellation keep what finished and mark the report."""
@@ -71,13 +75,23 @@ class Session:
         by_key: dict[tuple[str | None, str], CheckResult] = {}
         keep = self.keep_results
         try:
-            resolved = await self.resolve_all()
-            rep.targets = [
-                TargetReport(r.target.text, dict(r.target.labels), r.addresses, r.error)
-                for r in resolved
-            ]
+            names = await self.resolve_names()
+            source: Callable[[], Iterable[Resolved]]
+            if keep:
+                resolved = list(self.resolved(names, expand=True))
+                rep.targets = [_target_report(r) for r in resolved]
+                source = functools.partial(iter, resolved)
+            else:
+                # Streaming: nothing per literal target is kept (the report's targets are
+                # the names that did not resolve, for the exit code), and the plan
+                # resolves literals as it goes.
+                rep.targets = [_target_report(r) for r in names.values() if r.error]
+                source = functools.partial(self.resolved, names, expand=False)
             n_defs = max(1, len(self.defs))
-            self.total_planned = sum(max(1, r.count()) * n_defs for r in resolved)
+            self.total_planned = n_defs * sum(
+                max(1, names[i].count() if i in names else t.size())
+                for i, t in enumerate(self.targets)
+            )
 
             def deliver(r: CheckResult) -> None:
                 if on_result is not None:
@@ -86,7 +100,7 @@ class Session:
                     by_key[(r.address, r.id) if r.address else (r.target, r.id)] = r
 
             def checks(shard: tuple[int, int] | None = None) -> Iterator[CheckSpec]:
-                return plan(resolved, self.defs, port_offset=self.opts.port_offset, shard=shard)
+                return plan(source(), self.defs, port_offset=self.opts.port_offset, shard=shard)
 
             runner = functools.partial(run_check, opts=self.opts)
             shards = shard_count(self.total_planned, self.limits)
@@ -125,3 +139,7 @@ class Session:
                 t.results = per_addr.get(t.target, [])
             else:
                 t.results = [r for a in t.addresses for r in per_addr.get(a, [])]
+
+
+def _target_report(r: Resolved) -> TargetReport:
+    return TargetReport(r.target.text, dict(r.target.labels), r.addresses, r.error)

@@ -24,12 +24,15 @@ import signal
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import fields
+from operator import attrgetter
+from typing import Any
 
 from exprobe.engine.runner import Outcome
 from exprobe.engine.scheduler import Limits, Runner, run_pool
 from exprobe.probes.base import CheckSpec
 from exprobe.result import CheckResult
+from exprobe.status import PortState, Status
 
 SHARD_MIN_CHECKS = 5_000  # below this a single loop finishes before forking pays off
 MAX_SHARDS = 8
@@ -75,8 +78,8 @@ class _Reader(asyncio.Protocol):
             kind, payload = pickle.loads(memoryview(buf)[_FRAME.size : _FRAME.size + size])
             del buf[: _FRAME.size + size]
             if kind == "results":
-                for result in payload:
-                    self._deliver(result)
+                for values in payload:
+                    self._deliver(_from_tuple(values))
             else:
                 self.error = str(payload)
 
@@ -96,14 +99,45 @@ class _Writer(asyncio.Protocol):
             self._closed.set_result(None)
 
 
+# Results cross the pipe as plain tuples of their fields (enums as their values): pickling
+# the dataclasses themselves goes through Python-level __getstate__/__setstate__ and
+# costs twice as much on each side.
+_FIELDS = tuple(f.name for f in fields(CheckResult))
+_STATUS_AT, _STATE_AT = _FIELDS.index("status"), _FIELDS.index("port_state")
+_get_fields = attrgetter(*_FIELDS)
+_STATUS = Status._value2member_map_
+_STATE = PortState._value2member_map_
+
+
+def _to_tuple(r: CheckResult) -> tuple[Any, ...]:
+    t = list(_get_fields(r))
+    t[_STATUS_AT] = r.status.value
+    t[_STATE_AT] = r.port_state.value
+    return tuple(t)
+
+
+def _from_tuple(t: tuple[Any, ...]) -> CheckResult:
+    values = list(t)
+    values[_STATUS_AT] = _STATUS[t[_STATUS_AT]]
+    values[_STATE_AT] = _STATE[t[_STATE_AT]]
+    return CheckResult(*values)
+
+
 def _pickle_frame(kind: str, payload: object) -> bytes:
+    if kind == "results":
+        assert isinstance(payload, list)
+        payload = [_to_tuple(r) for r in payload]
     try:
         data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         if kind != "results" or not isinstance(payload, list):
             raise
         # A fact that does not pickle (no probe records one today): send its text.
-        safe = [replace(r, facts={k: _plain(v) for k, v in r.facts.items()}) for r in payload]
+        facts_at = _FIELDS.index("facts")
+        safe = [
+            (*t[:facts_at], {k: _plain(v) for k, v in t[facts_at].items()}, *t[facts_at + 1 :])
+            for t in payload
+        ]
         data = pickle.dumps((kind, safe), protocol=pickle.HIGHEST_PROTOCOL)
     return _FRAME.pack(len(data)) + data
 
