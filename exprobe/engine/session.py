@@ -103,7 +103,7 @@ class Session:
                 return plan(source(), self.defs, port_offset=self.opts.port_offset, shard=shard)
 
             runner = functools.partial(run_check, opts=self.opts)
-            shards = shard_count(self.total_planned, self.limits)
+            shards = shard_count(self.total_planned, self.limits, self._count_addresses)
             if shards > 1:
                 await run_sharded(checks, runner, self.limits, shards, deliver)
             else:
@@ -126,6 +126,17 @@ class Session:
             rep.finished_at = now_iso()
             rep.duration_ms = round((time.perf_counter() - t0) * 1000, 3)
         return rep
+
+    def _count_addresses(self) -> int:
+        """Distinct addresses among the targets (names and CIDR blocks counted by size)."""
+        singles: set[str] = set()
+        others = 0
+        for t in self.targets:
+            if t.address is not None:
+                singles.add(t.text.partition(":")[0] if t.address.version == 4 else t.text)
+            else:
+                others += t.size()
+        return len(singles) + others
 
     def _attach(self, by_key: dict[tuple[str | None, str], CheckResult]) -> None:
         """Give each target report its results, in a stable order (address, then port)."""

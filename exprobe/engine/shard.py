@@ -9,7 +9,8 @@ back through a pipe as pickled batches.  The parent hands each result to the sam
 as a single-process run: JSON Lines, progress, the report.
 
 Not used when a rate limit is set (one process paces connection starts exactly), for
-small runs (forking costs more than it saves), or where there is no `fork`.  The
+small runs (forking costs more than it saves), for runs on a few addresses (a port scan
+of one host is one shard's work), or where there is no `fork`.  The
 environment variable EXPROBE_SHARDS overrides the choice (1: never shard).
 """
 
@@ -35,6 +36,7 @@ from exprobe.result import CheckResult
 from exprobe.status import PortState, Status
 
 SHARD_MIN_CHECKS = 5_000  # below this a single loop finishes before forking pays off
+SHARD_MIN_ADDRESSES = 64  # per shard: fewer, and the split by address is lopsided
 MAX_SHARDS = 8
 _FRAME = struct.Struct("!I")
 _BATCH = 256  # results per frame, at most
@@ -42,8 +44,10 @@ _FLUSH_S = 0.02  # and at least this often
 _EXIT_GRACE_S = 5.0
 
 
-def shard_count(planned: int, limits: Limits) -> int:
-    """How many processes to run `planned` checks in (1: this one)."""
+def shard_count(planned: int, limits: Limits, addresses: Callable[[], int]) -> int:
+    """How many processes to run `planned` checks in (1: this one).  `addresses()`
+    counts the distinct addresses (asked only for a big run): shards split addresses,
+    so a port scan of one host would leave all but one shard idle."""
     forced = os.environ.get("EXPROBE_SHARDS", "").strip()
     if forced:
         try:
@@ -56,7 +60,10 @@ def shard_count(planned: int, limits: Limits) -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_SHARDS))
+    shards = max(1, min(cpus, MAX_SHARDS))
+    if shards > 1 and addresses() < SHARD_MIN_ADDRESSES * shards:
+        return 1
+    return shards
 
 
 class _Reader(asyncio.Protocol):
