@@ -25,7 +25,7 @@ app = typer.Typer(
     help="Will each Exchange scenario work through this network path, and which hop breaks it?",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 

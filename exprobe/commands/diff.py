@@ -29,8 +29,10 @@ def diff(
         bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
     ] = False,
 ) -> None:
-    """Scenario verdicts that flipped (regressions first), check statuses that changed,
-    addresses that appeared or vanished, endpoint-mapper ports that moved.
+    """Compare two JSON reports: what flipped, regressions first.
+
+    Scenario verdicts that flipped, check statuses that changed, addresses that appeared
+    or vanished, endpoint-mapper ports that moved.
 
     Exit 1 when anything regressed, 0 otherwise, 2 for unreadable or invalid reports.
     """

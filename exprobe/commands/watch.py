@@ -376,8 +376,10 @@ def watch(
     yes: YesOpt = False,
     no_color: NoColorOpt = False,
 ) -> None:
-    """Re-run TARGETS on an interval and show every scenario (or check) live, with the
-    time of its last change; Ctrl-C ends with a summary of every change seen."""
+    """Re-run TARGETS on an interval and show every scenario (or check) live.
+
+    Each row shows the time of its last change; Ctrl-C ends with a summary of every
+    change seen."""
     if interval < 0.1:
         raise InputError("--interval must be at least 0.1 seconds")
     if until_stable is not None and until_stable < 1:
