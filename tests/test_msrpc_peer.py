@@ -622,3 +622,25 @@ def test_cli_check_msrpc_epm_with_set() -> None:
     derived = [r for r in results.values() if r.get("parent") == epm_result["id"]]
     assert sorted(r["facts"]["component"] for r in derived) == ["ds", "is", "mta"]
     assert all(r["status"] == "success" for r in derived)
+
+
+async def test_pinned_ports_are_compared_with_the_port_offset() -> None:
+    """`run --port-offset N` against a rehearsal listener: its EPM registers pinned+N."""
+    offset = 10000
+    async with EpmPeer(PeerConfig(ports={"is": 1601 + offset}, listeners=())) as peer:
+        load_all()
+        definition = CheckDef(
+            "epm", "msrpc-epm", EpmParams(components=("is",), expect_is=1601, follow="none"),
+            peer.port - offset,
+        )
+        session = Session(
+            [parse_target("127.0.0.1")], [definition],
+            RunOptions(timeout=10, connect_timeout=2, port_offset=offset), Limits(),
+        )
+        report = await session.run()
+    (r,) = report.all_results()
+    assert r.status is Status.SUCCESS
+    assert r.port == peer.port
+    assert components(r)["is"]["pinning"] == "pinned as expected"
+    assert components(r)["is"]["expected"] == 1601 + offset
+    assert r.warnings == ()

@@ -88,7 +88,9 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
         return await _connect_check(check, check.address, opts)
     started_at = now_iso()
     t0 = time.perf_counter()
-    ctx = ProbeContext(check=check, tls_options=opts.tls, verbose=opts.verbose)
+    ctx = ProbeContext(
+        check=check, tls_options=opts.tls, verbose=opts.verbose, port_offset=opts.port_offset
+    )
     connect_ms: float | None = None
     stream: Stream | None = None
     classified: Classified | None = None

@@ -67,6 +67,7 @@ class ProbeContext:
     derived: list[CheckSpec] = field(default_factory=list)
     summary: str | None = None  # one line for humans on success
     verbose: bool = False
+    port_offset: int = 0  # `--port-offset`: ports a profile pins are shifted like every port
 
     @property
     def current_step(self) -> str | None:

@@ -634,6 +634,9 @@ class _Epm:
             comp = comps[name]
             ports = sorted(comp.ports)
             expected = p.expected(name)
+            if expected is not None:
+                # A rehearsal listener shifted by --port-offset registers shifted ports.
+                expected += ctx.port_offset
             pin = pinning(comp.registered, ports, expected)
             interfaces = []
             for port in ports:
