@@ -5,8 +5,9 @@ A Python event loop is one core.  A sweep of tens of thousands of checks is CPU-
 `Session` forks one shard per core.  Each shard runs the ordinary worker pool over its
 share of the addresses (`plan.shard_of`: all checks of an address in one shard, so the
 per-host limit still holds) with its share of `concurrency`, and streams its results
-back through a pipe as pickled batches.  The parent hands each result to the same sink
-as a single-process run: JSON Lines, progress, the report.
+back through a pipe as JSON batches (never pickle: results carry network text).  The
+parent hands each result to the same sink as a single-process run: JSON Lines, progress,
+the report.
 
 Not used when a rate limit is set (one process paces connection starts exactly), for
 small runs (forking costs more than it saves), for runs on a few addresses (a port scan
@@ -19,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
-import pickle
 import signal
 import struct
 import time
@@ -82,7 +83,7 @@ class _Reader(asyncio.Protocol):
             (size,) = _FRAME.unpack_from(buf)
             if len(buf) < _FRAME.size + size:
                 break
-            kind, payload = pickle.loads(memoryview(buf)[_FRAME.size : _FRAME.size + size])
+            kind, payload = json.loads(bytes(buf[_FRAME.size : _FRAME.size + size]))
             del buf[: _FRAME.size + size]
             if kind == "results":
                 for values in payload:
@@ -106,14 +107,15 @@ class _Writer(asyncio.Protocol):
             self._closed.set_result(None)
 
 
-# Results cross the pipe as plain tuples of their fields (enums as their values): pickling
-# the dataclasses themselves goes through Python-level __getstate__/__setstate__ and
-# costs twice as much on each side.
+# Results cross the pipe as JSON arrays of their fields (enums as their values, tuples as
+# arrays): the C JSON codec is as fast as pickling plain tuples, and nothing derived from
+# network input is ever unpickled.
 _FIELDS = tuple(f.name for f in fields(CheckResult))
 _STATUS_AT, _STATE_AT = _FIELDS.index("status"), _FIELDS.index("port_state")
 _get_fields = attrgetter(*_FIELDS)
 _STATUS = Status._value2member_map_
 _STATE = PortState._value2member_map_
+_TUPLES_AT = tuple(_FIELDS.index(n) for n in ("warnings", "steps", "transcript"))
 
 
 def _to_tuple(r: CheckResult) -> tuple[Any, ...]:
@@ -127,34 +129,19 @@ def _from_tuple(t: tuple[Any, ...]) -> CheckResult:
     values = list(t)
     values[_STATUS_AT] = _STATUS[t[_STATUS_AT]]
     values[_STATE_AT] = _STATE[t[_STATE_AT]]
+    for i in _TUPLES_AT:
+        values[i] = tuple(values[i])
     return CheckResult(*values)
 
 
-def _pickle_frame(kind: str, payload: object) -> bytes:
+def _frame(kind: str, payload: object) -> bytes:
     if kind == "results":
         assert isinstance(payload, list)
         payload = [_to_tuple(r) for r in payload]
-    try:
-        data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        if kind != "results" or not isinstance(payload, list):
-            raise
-        # A fact that does not pickle (no probe records one today): send its text.
-        facts_at = _FIELDS.index("facts")
-        safe = [
-            (*t[:facts_at], {k: _plain(v) for k, v in t[facts_at].items()}, *t[facts_at + 1 :])
-            for t in payload
-        ]
-        data = pickle.dumps((kind, safe), protocol=pickle.HIGHEST_PROTOCOL)
-    return _FRAME.pack(len(data)) + data
-
-
-def _plain(value: object) -> object:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return str(value)
-    return value
+    # default=str: a fact JSON cannot hold is sent as its text, as the JSON report shows it.
+    data = json.dumps([kind, payload], default=str, ensure_ascii=False, separators=(",", ":"))
+    raw = data.encode("utf-8", "surrogatepass")
+    return _FRAME.pack(len(raw)) + raw
 
 
 async def _child_main(checks: Iterable[CheckSpec], run: Runner, limits: Limits, wfd: int) -> None:
@@ -171,7 +158,7 @@ async def _child_main(checks: Iterable[CheckSpec], run: Runner, limits: Limits, 
     def flush() -> None:
         timer[0] = None
         if batch:
-            transport.write(_pickle_frame("results", batch))
+            transport.write(_frame("results", batch))
             batch.clear()
 
     def sink(outcome: Outcome) -> None:
@@ -187,7 +174,7 @@ async def _child_main(checks: Iterable[CheckSpec], run: Runner, limits: Limits, 
         pass  # interrupted: send what finished, then leave
     except Exception as exc:
         flush()
-        transport.write(_pickle_frame("error", f"{type(exc).__name__}: {exc}"))
+        transport.write(_frame("error", f"{type(exc).__name__}: {exc}"))
     finally:
         if timer[0] is not None:
             timer[0].cancel()
