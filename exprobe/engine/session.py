@@ -103,7 +103,9 @@ class Session:
                 return plan(source(), self.defs, port_offset=self.opts.port_offset, shard=shard)
 
             runner = functools.partial(run_check, opts=self.opts)
-            shards = shard_count(self.total_planned, self.limits, self._count_addresses)
+            shards = shard_count(
+                self.total_planned, self.limits, self._count_addresses, streamed=not keep
+            )
             if shards > 1:
                 await run_sharded(checks, runner, self.limits, shards, deliver)
             else:

@@ -9,10 +9,13 @@ back through a pipe as JSON batches (never pickle: results carry network text). 
 parent hands each result to the same sink as a single-process run: JSON Lines, progress,
 the report.
 
-Not used when a rate limit is set (one process paces connection starts exactly), for
-small runs (forking costs more than it saves), for runs on a few addresses (a port scan
-of one host is one shard's work), or where there is no `fork`.  The
-environment variable EXPROBE_SHARDS overrides the choice (1: never shard).
+Used for streamed runs (`Session.keep_results` false: --format jsonl), where results
+pass through this process and are gone; a kept report is held and rendered here alone,
+and each shard's private copy of the runtime (~25 MB) would cost more than it saves.
+Not used either when a rate limit is set (one process paces connection starts exactly),
+for small runs (forking costs more than it saves), for runs on few addresses (a port
+scan of one host is one shard's work), or where there is no `fork`.  The environment
+variable EXPROBE_SHARDS overrides the choice (1: never shard).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ _FLUSH_S = 0.02  # and at least this often
 _EXIT_GRACE_S = 5.0
 
 
-def shard_count(planned: int, limits: Limits, addresses: Callable[[], int]) -> int:
+def shard_count(
+    planned: int, limits: Limits, addresses: Callable[[], int], *, streamed: bool
+) -> int:
     """How many processes to run `planned` checks in (1: this one).  `addresses()`
     counts the distinct addresses (asked only for a big run): shards split addresses,
     so a port scan of one host would leave all but one shard idle."""
@@ -55,7 +60,7 @@ def shard_count(planned: int, limits: Limits, addresses: Callable[[], int]) -> i
             return max(1, min(int(forced), MAX_SHARDS))
         except ValueError:
             return 1
-    if not hasattr(os, "fork") or limits.rate or planned < SHARD_MIN_CHECKS:
+    if not streamed or not hasattr(os, "fork") or limits.rate or planned < SHARD_MIN_CHECKS:
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
