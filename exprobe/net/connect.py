@@ -159,23 +159,15 @@ async def open_stream(
     connect_timeout: float | None = None,
 ) -> Stream:
     """A connected `Stream`.  Raises OSError / TimeoutError (mapped by the runner)."""
-    # A bare socket is all create_connection() needs (it wraps it), without the cost of
-    # the Python-level socket class on every check.
-    sock, err = start_connect(address, port, source, bare=True)
-    try:
-        if err in _IN_PROGRESS:
-            err = await wait_connected(sock, connect_timeout)
-        raise_errno(err)
-    except BaseException:
-        reset_close(sock)
-        raise
+    # The Python socket class, not the bare one: uvloop keeps a socket.socket open for
+    # its transport (_io_refs), but a bare socket's finalizer would close the descriptor
+    # a second time, by then perhaps another connection's.
+    sock = await connect_socket(address, port, source=source, connect_timeout=connect_timeout)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=max_line, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     try:
-        transport, _ = await loop.create_connection(
-            lambda: protocol, sock=cast(socket.socket, sock)  # both loops take the C type
-        )
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         reset_close(sock)
         raise
