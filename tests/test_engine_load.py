@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from exprobe.engine.plan import CheckDef, plan, shard_of
+from exprobe.engine.plan import CheckDef, plan
 from exprobe.engine.runner import RunOptions
 from exprobe.engine.scheduler import Limits
 from exprobe.engine.session import Session
@@ -306,15 +306,73 @@ def test_sharded_run_gives_the_same_answers(
     assert peak <= 2
 
 
-def test_shards_split_addresses_and_keep_each_address_whole() -> None:
-    targets = [resolve_literal(parse_target("10.9.0.0/23"))]
-    defs = defs_for_ports([25, 110, 143])
-    whole = [(c.address, c.id) for c in plan(targets, defs)]
-    parts = [[(c.address, c.id) for c in plan(targets, defs, shard=(i, 3))] for i in range(3)]
-    assert sorted(x for part in parts for x in part) == sorted(whole)
-    for i, part in enumerate(parts):
-        assert part  # 510 addresses spread over 3 shards
-        assert {shard_of(a, 3) for a, _ in part if a} == {i}
+class _Pipe:
+    """Stands in for a shard's request pipe: records the frames the dispatcher sends."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        while data:
+            size = int.from_bytes(data[:4], "big")
+            kind, payload = json.loads(data[4 : 4 + size])
+            self.frames.append((kind, payload))
+            data = data[4 + size :]
+
+
+def test_dispatcher_keeps_the_global_limit_and_each_address_in_one_shard() -> None:
+    from exprobe.engine.shard import _Dispatcher, _Remote
+
+    targets = [resolve_literal(parse_target(f"10.9.0.{i}")) for i in range(1, 41)]
+    checks = list(plan(targets, defs_for_ports([25, 110, 143])))  # 120 checks, 40 addresses
+    pipes = [_Pipe(), _Pipe(), _Pipe()]
+    d = _Dispatcher(iter(checks), 16, [_Remote(p) for p in pipes])  # type: ignore[arg-type]
+    out: dict[str, list[int]] = {}  # address -> [shard, unanswered]
+    unanswered: list[str] = []
+    used: set[int] = set()
+    sent = 0
+    for _ in range(1000):  # bounded: 120 checks need far fewer rounds
+        d.pump()
+        for i, pipe in enumerate(pipes):
+            for kind, payload in pipe.frames:
+                for t in payload if kind == "checks" else ():
+                    entry = out.setdefault(t[2], [i, 0])
+                    assert entry[0] == i  # an address with checks out stays on its shard
+                    entry[1] += 1
+                    unanswered.append(t[2])
+                    used.add(i)
+                    sent += 1
+            pipe.frames.clear()
+        assert len(unanswered) <= 16
+        if not unanswered:
+            break
+        # Answer the oldest half, as shards would, out of order across shards.
+        half = max(1, len(unanswered) // 2)
+        for address in unanswered[:half]:
+            d.answered(address)
+            out[address][1] -= 1
+            if not out[address][1]:
+                del out[address]
+        del unanswered[:half]
+    assert sent == 120
+    assert d.stopped
+    assert used == {0, 1, 2}
+
+
+def test_dispatcher_sends_each_params_once_before_its_checks() -> None:
+    from exprobe.engine.shard import _check_from, _Dispatcher, _params_from, _Remote
+
+    targets = [resolve_literal(parse_target("10.9.0.1"))]
+    banner = load_all()["banner"].params_type(tls="implicit")
+    defs = [*defs_for_ports([25]), CheckDef("b", "banner", banner, 993)]
+    pipe = _Pipe()
+    d = _Dispatcher(iter(plan(targets, defs)), 10, [_Remote(pipe)])  # type: ignore[arg-type]
+    d.pump()
+    kinds = [k for k, _ in pipe.frames]
+    assert kinds == ["params", "params", "checks", "close"]
+    params = [_params_from(*p) for k, p in pipe.frames if k == "params"]
+    rebuilt = [_check_from(t, params) for t in pipe.frames[2][1]]
+    assert rebuilt == list(plan(targets, defs))
 
 
 def defs_for_ports(ports: list[int]) -> list[CheckDef]:

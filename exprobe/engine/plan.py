@@ -40,29 +40,15 @@ def checks_for(target_port: int | None, defs: list[CheckDef], offset: int) -> li
     return list(out.values())
 
 
-def shard_of(address: str, count: int) -> int:
-    """Which of `count` shards probes `address`: every check of an address in one shard
-    (so the per-host limit holds), spread evenly.  Stable within a process and the
-    processes forked from it (the string hash seed is inherited)."""
-    return hash(address) % count
-
-
 def plan(
-    targets: Iterable[Resolved],
-    defs: list[CheckDef],
-    *,
-    port_offset: int = 0,
-    shard: tuple[int, int] | None = None,
+    targets: Iterable[Resolved], defs: list[CheckDef], *, port_offset: int = 0
 ) -> Iterator[CheckSpec]:
     """One `CheckSpec` per (address, check), each address probed once however often listed.
 
     Unresolvable names yield one check per definition with no address; the runner turns
     those into `dns-error` results without touching the network.  Lazy: a sweep of
     100,000 targets holds one check at a time, plus one entry per address seen.
-    `shard=(index, count)` keeps only the addresses of that shard (`shard_of`); the
-    unresolvable names go to shard 0.
     """
-    index, count = shard if shard is not None else (0, 1)
     # Per target port: the definitions with their ports resolved, computed once.
     by_port: dict[int | None, list[tuple[CheckDef, int]]] = {}
     # Per address: the definitions list already planned for it (the usual case: one
@@ -77,16 +63,12 @@ def plan(
             ]
         name = t.host
         if res.error:
-            if index:
-                continue
             for d, port in host_defs:
                 yield CheckSpec(
                     d.id, d.probe, None, port, d.params, t.text, server_name=name, labels=t.labels
                 )
             continue
         for address in res.iter_addresses():
-            if count > 1 and hash(address) % count != index:
-                continue
             prev = seen.get(address)
             if prev is None:
                 seen[address] = todo = host_defs

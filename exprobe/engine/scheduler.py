@@ -11,7 +11,8 @@ switch).  A check whose address is at its `per_host` limit is parked, not waited
 so the worker moves on; the check that frees the slot hands it straight to the parked
 one.  Workers exist only while there is work: they are started up to `concurrency`,
 end when nothing is runnable, and are started again when derived or parked checks
-become runnable.
+become runnable, or (a `Pool` made with checks=None, as a shard's) when more checks
+are fed.
 """
 
 from __future__ import annotations
@@ -56,18 +57,23 @@ class _RateLimiter:
             self._next = max(self._next, now) + self._interval
 
 
-class _Pool:
+class Pool:
     """One run of the worker pool (see the module docstring)."""
 
     def __init__(
         self,
-        checks: Iterable[CheckSpec],
+        checks: Iterable[CheckSpec] | None,
         run: Runner,
         limits: Limits,
         sink: Sink,
         expected: int | None,
     ) -> None:
-        self._source = iter(checks)
+        # Checks come from an iterator, or (checks=None) are fed with feed() until close().
+        self._source = iter(checks) if checks is not None else iter(())
+        self._feed: collections.deque[CheckSpec] | None = (
+            None if checks is not None else collections.deque()
+        )
+        self._feed_open = checks is None
         self._exhausted = False
         self._run = run
         self._sink = sink
@@ -98,9 +104,8 @@ class _Pool:
             elif self._exhausted or self._n_parked >= self._park_cap:
                 return None
             else:
-                nxt = next(self._source, None)
+                nxt = self._next_source()
                 if nxt is None:
-                    self._exhausted = True
                     return None
                 check = nxt
             key = check.address or check.target
@@ -113,6 +118,31 @@ class _Pool:
                 parked = self._parked[key] = collections.deque()
             parked.append(check)
             self._n_parked += 1
+
+    def _next_source(self) -> CheckSpec | None:
+        if self._feed is None:
+            nxt = next(self._source, None)
+            if nxt is None:
+                self._exhausted = True
+            return nxt
+        if self._feed:
+            return self._feed.popleft()
+        if not self._feed_open:
+            self._exhausted = True
+        return None  # more may be fed later
+
+    def feed(self, checks: Iterable[CheckSpec]) -> None:
+        """More checks (a pool made with checks=None)."""
+        assert self._feed is not None, "a pool made with checks=None"
+        assert self._feed_open, "fed after close()"
+        self._feed.extend(checks)
+        self._spawn()
+
+    def close(self) -> None:
+        """No more checks will be fed: the run ends when those fed are done."""
+        self._feed_open = False
+        if self._live == 0 and not self._finished.done():
+            self._finished.set_result(None)
 
     def _release(self, key: str) -> None:
         parked = self._parked.get(key)
@@ -132,7 +162,9 @@ class _Pool:
         room = self._concurrency - self._live
         if room <= 0:
             return
-        if self._exhausted or self._n_parked >= self._park_cap:
+        if self._feed is not None:
+            room = min(room, len(self._handoff) + len(self._derived) + len(self._feed))
+        elif self._exhausted or self._n_parked >= self._park_cap:
             room = min(room, len(self._handoff) + len(self._derived))
         if limit is not None:
             room = min(room, limit)
@@ -174,12 +206,12 @@ class _Pool:
                 self._finished.set_exception(exc)
         finally:
             self._live -= 1
-            if self._live == 0 and not self._finished.done():
+            if self._live == 0 and not self._feed_open and not self._finished.done():
                 self._finished.set_result(None)
 
     async def run(self) -> None:
         self._spawn(self._first_wave)
-        if self._live == 0:
+        if self._live == 0 and not self._feed_open:
             return
         try:
             await self._finished
@@ -202,7 +234,7 @@ async def run_pool(
 ) -> None:
     """Run every check (and every derived one), calling `sink` with each outcome as it
     finishes.  `expected`, when known, is how many checks `checks` holds (a hint)."""
-    await _Pool(checks, run, limits, sink, expected).run()
+    await Pool(checks, run, limits, sink, expected).run()
 
 
 async def schedule(

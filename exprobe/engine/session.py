@@ -99,15 +99,15 @@ class Session:
                 if keep:
                     by_key[(r.address, r.id) if r.address else (r.target, r.id)] = r
 
-            def checks(shard: tuple[int, int] | None = None) -> Iterator[CheckSpec]:
-                return plan(source(), self.defs, port_offset=self.opts.port_offset, shard=shard)
+            def checks() -> Iterator[CheckSpec]:
+                return plan(source(), self.defs, port_offset=self.opts.port_offset)
 
             runner = functools.partial(run_check, opts=self.opts)
             shards = shard_count(
                 self.total_planned, self.limits, self._count_addresses, streamed=not keep
             )
             if shards > 1:
-                await run_sharded(checks, runner, self.limits, shards, deliver)
+                await run_sharded(checks(), runner, self.limits, shards, deliver)
             else:
                 await run_pool(
                     checks(),

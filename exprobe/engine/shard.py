@@ -2,12 +2,15 @@
 
 A Python event loop is one core.  A sweep of tens of thousands of checks is CPU-bound
 (each check is a few system calls and some Python), so on a machine with several cores
-`Session` forks one shard per core.  Each shard runs the ordinary worker pool over its
-share of the addresses (`plan.shard_of`: all checks of an address in one shard, so the
-per-host limit still holds) with its share of `concurrency`, and streams its results
-back through a pipe as JSON batches (never pickle: results carry network text).  The
-parent hands each result to the same sink as a single-process run: JSON Lines, progress,
-the report.
+`Session` forks one shard per core.  This process plans the checks and hands them out
+(`_Dispatcher`): never more than `concurrency` unanswered in all, every check of an
+address with checks unanswered to the same shard (so the per-host limit holds there),
+a new address to the least busy shard (so a shard that drew slow, filtered targets
+gets fewer).  A shard runs what it is given through the ordinary worker pool and sends
+the results back; this process hands each to the same sink as a single-process run:
+JSON Lines, progress.  Both directions are length-prefixed JSON arrays (never pickle:
+results carry network text); the shards never walk this process's targets, so the
+pages they share with it stay shared.
 
 Used for streamed runs (`Session.keep_results` false: --format jsonl), where results
 pass through this process and are gone; a kept report is held and rendered here alone,
@@ -15,7 +18,8 @@ and each shard's private copy of the runtime (~25 MB) would cost more than it sa
 Not used either when a rate limit is set (one process paces connection starts exactly),
 for small runs (forking costs more than it saves), for runs on few addresses (a port
 scan of one host is one shard's work), or where there is no `fork`.  The environment
-variable EXPROBE_SHARDS overrides the choice (1: never shard).
+variable EXPROBE_SHARDS overrides the choice (1: never shard).  Derived checks (the
+endpoint mapper's ports) run in the shard that found them.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from operator import attrgetter
 from typing import Any
 
 from exprobe.engine.runner import Outcome
-from exprobe.engine.scheduler import Limits, Runner, run_pool
-from exprobe.probes.base import CheckSpec
+from exprobe.engine.scheduler import Limits, Pool, Runner
+from exprobe.probes import load_all
+from exprobe.probes.base import CheckSpec, Params, make_params
 from exprobe.result import CheckResult
 from exprobe.status import PortState, Status
 
@@ -44,7 +49,6 @@ SHARD_MIN_ADDRESSES = 64  # per shard: fewer, and the split by address is lopsid
 MAX_SHARDS = 8
 _FRAME = struct.Struct("!I")
 _BATCH = 256  # results per frame, at most
-_FLUSH_S = 0.02  # and at least this often
 _EXIT_GRACE_S = 5.0
 
 
@@ -72,14 +76,14 @@ def shard_count(
     return shards
 
 
-class _Reader(asyncio.Protocol):
-    """Parent side of one shard's pipe: frames in, results out."""
+class _Frames(asyncio.Protocol):
+    """One end of a pipe read as length-prefixed JSON frames: `on_frame(kind, payload)`
+    for each, `on_eof()` at the end."""
 
-    def __init__(self, deliver: Callable[[CheckResult], None], done: asyncio.Future[None]) -> None:
+    def __init__(self, on_frame: Callable[[str, Any], None], on_eof: Callable[[], None]) -> None:
         self._buf = bytearray()
-        self._deliver = deliver
-        self._done = done
-        self.error: str | None = None
+        self._on_frame = on_frame
+        self._on_eof = on_eof
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -90,19 +94,14 @@ class _Reader(asyncio.Protocol):
                 break
             kind, payload = json.loads(bytes(buf[_FRAME.size : _FRAME.size + size]))
             del buf[: _FRAME.size + size]
-            if kind == "results":
-                for values in payload:
-                    self._deliver(_from_tuple(values))
-            else:
-                self.error = str(payload)
+            self._on_frame(kind, payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
+        self._on_eof()
 
 
-class _Writer(asyncio.Protocol):
-    """Child side of the pipe: only says when everything written has gone."""
+class _Closed(asyncio.Protocol):
+    """The writing end of a pipe: only says when everything written has gone."""
 
     def __init__(self, closed: asyncio.Future[None]) -> None:
         self._closed = closed
@@ -112,11 +111,20 @@ class _Writer(asyncio.Protocol):
             self._closed.set_result(None)
 
 
+def _frame(kind: str, payload: object) -> bytes:
+    # default=str: a fact JSON cannot hold is sent as its text, as the JSON report shows it.
+    data = json.dumps([kind, payload], default=str, ensure_ascii=False, separators=(",", ":"))
+    raw = data.encode("utf-8", "surrogatepass")
+    return _FRAME.pack(len(raw)) + raw
+
+
 # Results cross the pipe as JSON arrays of their fields (enums as their values, tuples as
 # arrays): the C JSON codec is as fast as pickling plain tuples, and nothing derived from
 # network input is ever unpickled.
 _FIELDS = tuple(f.name for f in fields(CheckResult))
 _STATUS_AT, _STATE_AT = _FIELDS.index("status"), _FIELDS.index("port_state")
+_ADDRESS_AT, _TARGET_AT = _FIELDS.index("address"), _FIELDS.index("target")
+_PARENT_AT = _FIELDS.index("parent")
 _get_fields = attrgetter(*_FIELDS)
 _STATUS = Status._value2member_map_
 _STATE = PortState._value2member_map_
@@ -130,7 +138,7 @@ def _to_tuple(r: CheckResult) -> tuple[Any, ...]:
     return tuple(t)
 
 
-def _from_tuple(t: tuple[Any, ...]) -> CheckResult:
+def _from_tuple(t: list[Any]) -> CheckResult:
     values = list(t)
     values[_STATUS_AT] = _STATUS[t[_STATUS_AT]]
     values[_STATE_AT] = _STATE[t[_STATE_AT]]
@@ -139,61 +147,91 @@ def _from_tuple(t: tuple[Any, ...]) -> CheckResult:
     return CheckResult(*values)
 
 
-def _frame(kind: str, payload: object) -> bytes:
-    if kind == "results":
-        assert isinstance(payload, list)
-        payload = [_to_tuple(r) for r in payload]
-    # default=str: a fact JSON cannot hold is sent as its text, as the JSON report shows it.
-    data = json.dumps([kind, payload], default=str, ensure_ascii=False, separators=(",", ":"))
-    raw = data.encode("utf-8", "surrogatepass")
-    return _FRAME.pack(len(raw)) + raw
+# Checks cross the other way as arrays too, their parameters by number: each distinct
+# `Params` is sent once, as its fields, and rebuilt by its probe's own type.
 
 
-async def _child_main(checks: Iterable[CheckSpec], run: Runner, limits: Limits, wfd: int) -> None:
+def _check_tuple(c: CheckSpec, params: int) -> list[Any]:
+    return [
+        c.id, c.probe, c.address, c.port, params, c.target, c.server_name, c.parent,
+        c.labels, c.meta,
+    ]  # fmt: skip
+
+
+def _check_from(t: list[Any], params: list[Params]) -> CheckSpec:
+    cid, probe, address, port, p, target, server_name, parent, labels, meta = t
+    return CheckSpec(
+        cid, probe, address, port, params[p], target, server_name, parent,
+        tuple((k, v) for k, v in labels), tuple((k, v) for k, v in meta),
+    )  # fmt: skip
+
+
+def _params_from(probe: str, values: dict[str, Any]) -> Params:
+    return make_params(load_all()[probe].params_type, values, f"shard: {probe} parameters")
+
+
+# -- the shard (child) ----------------------------------------------------------------------
+
+
+async def _child_main(run: Runner, limits: Limits, rfd: int, wfd: int) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     closed: asyncio.Future[None] = loop.create_future()
-    transport, _ = await loop.connect_write_pipe(lambda: _Writer(closed), os.fdopen(wfd, "wb"))
-    batch: list[CheckResult] = []
-    timer: list[asyncio.TimerHandle | None] = [None]
+    out, _ = await loop.connect_write_pipe(lambda: _Closed(closed), os.fdopen(wfd, "wb"))
+    batch: list[tuple[Any, ...]] = []
+    timer: list[asyncio.Handle | None] = [None]
 
     def flush() -> None:
         timer[0] = None
         if batch:
-            transport.write(_frame("results", batch))
+            out.write(_frame("results", batch))
             batch.clear()
 
     def sink(outcome: Outcome) -> None:
-        batch.append(outcome.result)
+        batch.append(_to_tuple(outcome.result))
         if len(batch) >= _BATCH:
             flush()
         elif timer[0] is None:
-            timer[0] = loop.call_later(_FLUSH_S, flush)
+            # At the end of this loop pass: a result held back holds its slot of the
+            # global --concurrency (the dispatcher counts it unanswered).
+            timer[0] = loop.call_soon(flush)
 
+    pool = Pool(None, run, limits, sink, None)
+    params: list[Params] = []
+
+    def on_frame(kind: str, payload: Any) -> None:
+        if kind == "checks":
+            pool.feed([_check_from(t, params) for t in payload])
+        elif kind == "params":
+            params.append(_params_from(payload[0], payload[1]))
+        elif kind == "close":
+            pool.close()
+
+    def on_eof() -> None:  # the parent closed the pipe (or died): finish what was fed
+        pool.close()
+
+    inp, _ = await loop.connect_read_pipe(lambda: _Frames(on_frame, on_eof), os.fdopen(rfd, "rb"))
     try:
-        await run_pool(checks, run, limits, sink)
+        await pool.run()
     except asyncio.CancelledError:
         pass  # interrupted: send what finished, then leave
     except Exception as exc:
         flush()
-        transport.write(_frame("error", f"{type(exc).__name__}: {exc}"))
+        out.write(_frame("error", f"{type(exc).__name__}: {exc}"))
     finally:
+        inp.close()
         if timer[0] is not None:
             timer[0].cancel()
         flush()
-        transport.close()  # after what is buffered has been written
+        out.close()  # after what is buffered has been written
         await closed
 
 
 def _run_child(
-    loop_type: type[asyncio.AbstractEventLoop],
-    checks: Iterable[CheckSpec],
-    run: Runner,
-    limits: Limits,
-    wfd: int,
+    loop_type: type[asyncio.AbstractEventLoop], run: Runner, limits: Limits, rfd: int, wfd: int
 ) -> None:
     """In the forked child: leave the parent's loop alone, run a fresh one, exit."""
     code = 0
@@ -210,73 +248,195 @@ def _run_child(
 
             factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_child_main(checks, run, limits, wfd))
+            runner.run(_child_main(run, limits, rfd, wfd))
     except BaseException:
         code = 1
     finally:
         os._exit(code)  # no atexit handlers, no flushing of the parent's buffers
 
 
+# -- the dispatcher (parent) ----------------------------------------------------------------
+
+
+class _Remote:
+    """A forked shard, as the dispatcher sees it: checks go down its request pipe."""
+
+    def __init__(self, out: asyncio.WriteTransport) -> None:
+        self._out = out
+        self._params: dict[Params, int] = {}
+
+    def send(self, batch: list[CheckSpec]) -> None:
+        rows = []
+        for check in batch:
+            p = self._params.get(check.params)
+            if p is None:  # sent once, before the first check that refers to it
+                p = self._params[check.params] = len(self._params)
+                values = {f.name: getattr(check.params, f.name) for f in fields(check.params)}
+                self._out.write(_frame("params", [check.probe, values]))
+            rows.append(_check_tuple(check, p))
+        self._out.write(_frame("checks", rows))
+
+    def close(self) -> None:
+        self._out.write(_frame("close", None))
+
+
+class _Dispatcher:
+    """Hands checks to the shards, never more than `limit` unanswered in all.  All checks
+    of an address that has any unanswered go to the same shard (the per-host limit holds
+    there); a new address goes to the shard with the fewest unanswered."""
+
+    def __init__(self, checks: Iterable[CheckSpec], limit: int, links: list[_Remote]) -> None:
+        self._it = iter(checks)
+        self._limit = max(1, limit)
+        self._links = links
+        self._outstanding = 0
+        self._per_shard = [0] * len(links)
+        self._sticky: dict[str, list[int]] = {}  # address -> [shard, unanswered]
+        self.stopped = False
+
+    def pump(self) -> None:
+        if self.stopped:
+            return
+        batches: list[list[CheckSpec]] = [[] for _ in self._links]
+        per_shard = self._per_shard
+        while self._outstanding < self._limit:
+            check = next(self._it, None)
+            if check is None:
+                self.stopped = True
+                break
+            key = check.address or check.target
+            entry = self._sticky.get(key)
+            if entry is None:
+                shard = min(range(len(per_shard)), key=per_shard.__getitem__)
+                self._sticky[key] = [shard, 1]
+            else:
+                shard = entry[0]
+                entry[1] += 1
+            batches[shard].append(check)
+            per_shard[shard] += 1
+            self._outstanding += 1
+        for link, batch in zip(self._links, batches, strict=True):
+            if batch:
+                link.send(batch)
+        if self.stopped:
+            for link in self._links:
+                link.close()
+
+    def answered(self, key: str) -> None:
+        entry = self._sticky[key]
+        self._outstanding -= 1
+        self._per_shard[entry[0]] -= 1
+        entry[1] -= 1
+        if not entry[1]:
+            del self._sticky[key]
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
 async def run_sharded(
-    make_checks: Callable[[tuple[int, int]], Iterable[CheckSpec]],
+    checks: Iterable[CheckSpec],
     run: Runner,
     limits: Limits,
     shards: int,
     deliver: Callable[[CheckResult], None],
 ) -> None:
-    """Run `make_checks((i, shards))` in forked process i, for each i; `deliver` each
-    result in this process as it arrives.  On cancellation, the shards are told to stop
-    (SIGTERM), what they finished is still delivered, then CancelledError propagates."""
+    """Run `checks` in `shards` forked processes, at most `limits.concurrency` at a time
+    in all, and `deliver` each result here as it arrives.  On cancellation (or a failure
+    here) the shards are told to stop (SIGTERM) and what they finished is still
+    delivered before the error propagates."""
     loop = asyncio.get_running_loop()
-    share = Limits(
-        concurrency=max(1, limits.concurrency // shards),
-        per_host=limits.per_host,
-        rate=limits.rate,
-    )
+    # Each shard may run everything it is handed: the dispatcher keeps the global count.
+    local = Limits(concurrency=max(1, limits.concurrency), per_host=limits.per_host)
     pids: list[int] = []
-    readers: list[_Reader] = []
-    waits: list[asyncio.Future[None]] = []
-    transports: list[asyncio.BaseTransport] = []
+    ends: list[tuple[int, int]] = []  # this side's (request write, result read) per shard
     # Objects made so far are never freed by the children: keep their collector off them
     # (a collection touches every object header, copying the pages the fork shares).
     gc.freeze()
     try:
-        for index in range(shards):
-            rfd, wfd = os.pipe()
+        for _ in range(shards):
+            req_r, req_w = os.pipe()
+            res_r, res_w = os.pipe()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child's coverage is not collected
-                os.close(rfd)
-                _run_child(type(loop), make_checks((index, shards)), run, share, wfd)
-            os.close(wfd)
+                # Only its own two ends: an earlier shard must see EOF when we close ours.
+                for fd in (req_w, res_r, *(fd for pair in ends for fd in pair)):
+                    os.close(fd)
+                _run_child(type(loop), run, local, req_r, res_w)
+            os.close(req_r)
+            os.close(res_w)
             pids.append(pid)
-            done: asyncio.Future[None] = loop.create_future()
-            reader = _Reader(deliver, done)
-            transport, _ = await loop.connect_read_pipe(_constant(reader), os.fdopen(rfd, "rb"))
-            readers.append(reader)
-            waits.append(done)
-            transports.append(transport)
+            ends.append((req_w, res_r))
     finally:
         gc.unfreeze()
+    transports: list[asyncio.BaseTransport] = []
+    waits: list[asyncio.Future[None]] = []
+    errors: list[str] = []
+    dispatcher: _Dispatcher | None = None
+
+    # A failure here (the sink: a closed stdout) surfaces in a protocol callback: carry it
+    # out to this coroutine rather than to the loop's exception handler.
+    failed: asyncio.Future[None] = loop.create_future()
+
+    def frames(done: asyncio.Future[None]) -> _Frames:
+        def on_frame(kind: str, payload: Any) -> None:
+            if kind != "results":
+                errors.append(str(payload))
+                return
+            assert dispatcher is not None
+            try:
+                for values in payload:
+                    if values[_PARENT_AT] is None:  # dispatched here, not derived there
+                        dispatcher.answered(values[_ADDRESS_AT] or values[_TARGET_AT])
+                    deliver(_from_tuple(values))
+                dispatcher.pump()
+            except Exception as exc:
+                dispatcher.stop()
+                if not failed.done():
+                    failed.set_exception(exc)
+
+        def on_eof() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        return _Frames(on_frame, on_eof)
+
+    links: list[_Remote] = []
     try:
-        await asyncio.gather(*waits)
-    except asyncio.CancelledError:
+        for req_w, res_r in ends:
+            out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(req_w, "wb"))
+            transports.append(out)
+            links.append(_Remote(out))
+            done: asyncio.Future[None] = loop.create_future()
+            waits.append(done)
+            inp, _ = await loop.connect_read_pipe(_factory(frames(done)), os.fdopen(res_r, "rb"))
+            transports.append(inp)
+        dispatcher = _Dispatcher(checks, limits.concurrency, links)
+        dispatcher.pump()
+        everything: asyncio.Future[Any] = asyncio.gather(*waits)
+        await asyncio.wait([everything, failed], return_when=asyncio.FIRST_COMPLETED)
+        if failed.done():
+            failed.result()  # raises
+    except BaseException:
+        # Interrupted, or this side failed (the sink): stop everything, keep what finished.
+        if dispatcher is not None:
+            dispatcher.stop()
         _signal_all(pids, signal.SIGTERM)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             async with asyncio.timeout(_EXIT_GRACE_S):
-                await asyncio.shield(asyncio.gather(*waits))
+                await asyncio.shield(asyncio.gather(*waits, return_exceptions=True))
         raise
     finally:
         for t in transports:
             t.close()
         codes = await _reap(pids)
-    errors = [r.error for r in readers if r.error]
     errors += [f"shard process exited with status {c}" for c in codes if c]
     if errors:
         raise RuntimeError(f"a shard failed: {errors[0]}")
 
 
-def _constant(reader: _Reader) -> Callable[[], _Reader]:
-    return lambda: reader
+def _factory(protocol: _Frames) -> Callable[[], _Frames]:
+    return lambda: protocol
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
