@@ -386,6 +386,20 @@ def exprobe_counts(path: Path, *, banner: str | None = None) -> dict[str, int]:
     return dict(counts)
 
 
+def exprobe_span(path: Path) -> float:
+    """Seconds from the first check's start to the last check's end: the engine's time,
+    without the interpreter start-up and the final write."""
+    import datetime as dt
+
+    first = last = None
+    for rec in exprobe_jsonl(path):
+        start = dt.datetime.fromisoformat(str(rec["started_at"]).replace("Z", "+00:00"))
+        end = start + dt.timedelta(milliseconds=float(rec["elapsed_ms"]))  # type: ignore[arg-type]
+        first = start if first is None or start < first else first
+        last = end if last is None or end > last else last
+    return (last - first).total_seconds() if first and last else float("nan")
+
+
 _GNMAP_PORT = re.compile(r"(\d+)/([a-z|]+)/tcp/")
 _GNMAP_IGNORED = re.compile(r"Ignored State: ([a-z|]+) \((\d+)\)")
 
