@@ -2,15 +2,15 @@
 
 A Python event loop is one core.  A sweep of tens of thousands of checks is CPU-bound
 (each check is a few system calls and some Python), so on a machine with several cores
-`Session` forks one shard per core.  This process plans the checks and hands them out
-(`_Dispatcher`): never more than `concurrency` unanswered in all, every check of an
-address with checks unanswered to the same shard (so the per-host limit holds there),
-a new address to the least busy shard (so a shard that drew slow, filtered targets
-gets fewer).  A shard runs what it is given through the ordinary worker pool and sends
-the results back; this process hands each to the same sink as a single-process run:
-JSON Lines, progress.  Both directions are length-prefixed JSON arrays (never pickle:
-results carry network text); the shards never walk this process's targets, so the
-pages they share with it stay shared.
+`Session` forks one shard per core, each with its share of `concurrency`.  This process
+plans the checks and hands them out (`_Dispatcher`): a little more than its share to
+each shard at a time, every check of an address with checks unanswered to the same
+shard (so the per-host limit holds there), a new address to the least busy shard (so
+a shard that drew slow, filtered targets gets fewer).  A shard runs what it is given
+through the ordinary worker pool and sends the results back; this process hands each
+to the same sink as a single-process run: JSON Lines, progress.  Both directions are
+length-prefixed JSON arrays (never pickle: results carry network text); the shards
+never walk this process's targets, so the pages they share with it stay shared.
 
 Used for streamed runs (`Session.keep_results` false: --format jsonl), where results
 pass through this process and are gone; a kept report is held and rendered here alone,
@@ -195,8 +195,8 @@ async def _child_main(run: Runner, limits: Limits, rfd: int, wfd: int) -> None:
         if len(batch) >= _BATCH:
             flush()
         elif timer[0] is None:
-            # At the end of this loop pass: a result held back holds its slot of the
-            # global --concurrency (the dispatcher counts it unanswered).
+            # At the end of this loop pass: the dispatcher hands out more as results
+            # come back.
             timer[0] = loop.call_soon(flush)
 
     pool = Pool(None, run, limits, sink, None)
@@ -281,17 +281,18 @@ class _Remote:
 
 
 class _Dispatcher:
-    """Hands checks to the shards, never more than `limit` unanswered in all.  All checks
-    of an address that has any unanswered go to the same shard (the per-host limit holds
-    there); a new address goes to the shard with the fewest unanswered."""
+    """Hands checks to the shards, at most `window` unanswered per shard.  All checks of
+    an address that has any unanswered go to the same shard (the per-host limit holds
+    there); a new address goes to the shard with the fewest unanswered, so a shard busy
+    with slow (filtered) targets is given less."""
 
-    def __init__(self, checks: Iterable[CheckSpec], limit: int, links: list[_Remote]) -> None:
+    def __init__(self, checks: Iterable[CheckSpec], window: int, links: list[_Remote]) -> None:
         self._it = iter(checks)
-        self._limit = max(1, limit)
+        self._window = max(1, window)
         self._links = links
-        self._outstanding = 0
         self._per_shard = [0] * len(links)
         self._sticky: dict[str, list[int]] = {}  # address -> [shard, unanswered]
+        self._held: CheckSpec | None = None  # waits for room in its address's shard
         self.stopped = False
 
     def pump(self) -> None:
@@ -299,22 +300,24 @@ class _Dispatcher:
             return
         batches: list[list[CheckSpec]] = [[] for _ in self._links]
         per_shard = self._per_shard
-        while self._outstanding < self._limit:
-            check = next(self._it, None)
+        while True:
+            check = self._held or next(self._it, None)
+            self._held = None
             if check is None:
                 self.stopped = True
                 break
             key = check.address or check.target
             entry = self._sticky.get(key)
-            if entry is None:
-                shard = min(range(len(per_shard)), key=per_shard.__getitem__)
-                self._sticky[key] = [shard, 1]
-            else:
-                shard = entry[0]
+            shard = entry[0] if entry else min(range(len(per_shard)), key=per_shard.__getitem__)
+            if per_shard[shard] >= self._window:
+                self._held = check
+                break
+            if entry:
                 entry[1] += 1
+            else:
+                self._sticky[key] = [shard, 1]
             batches[shard].append(check)
             per_shard[shard] += 1
-            self._outstanding += 1
         for link, batch in zip(self._links, batches, strict=True):
             if batch:
                 link.send(batch)
@@ -324,7 +327,6 @@ class _Dispatcher:
 
     def answered(self, key: str) -> None:
         entry = self._sticky[key]
-        self._outstanding -= 1
         self._per_shard[entry[0]] -= 1
         entry[1] -= 1
         if not entry[1]:
@@ -341,13 +343,16 @@ async def run_sharded(
     shards: int,
     deliver: Callable[[CheckResult], None],
 ) -> None:
-    """Run `checks` in `shards` forked processes, at most `limits.concurrency` at a time
-    in all, and `deliver` each result here as it arrives.  On cancellation (or a failure
-    here) the shards are told to stop (SIGTERM) and what they finished is still
-    delivered before the error propagates."""
+    """Run `checks` in `shards` forked processes, each with its share of
+    `limits.concurrency`, and `deliver` each result here as it arrives.  On cancellation
+    (or a failure here) the shards are told to stop (SIGTERM) and what they finished is
+    still delivered before the error propagates."""
     loop = asyncio.get_running_loop()
-    # Each shard may run everything it is handed: the dispatcher keeps the global count.
-    local = Limits(concurrency=max(1, limits.concurrency), per_host=limits.per_host)
+    # Each shard runs its share of --concurrency (so the total holds) and is handed a
+    # little more than that, so it never waits on this process for its next check.
+    share = max(1, limits.concurrency // shards)
+    local = Limits(concurrency=share, per_host=limits.per_host)
+    window = share + max(16, share // 4)
     pids: list[int] = []
     ends: list[tuple[int, int]] = []  # this side's (request write, result read) per shard
     # Objects made so far are never freed by the children: keep their collector off them
@@ -411,7 +416,7 @@ async def run_sharded(
             waits.append(done)
             inp, _ = await loop.connect_read_pipe(_factory(frames(done)), os.fdopen(res_r, "rb"))
             transports.append(inp)
-        dispatcher = _Dispatcher(checks, limits.concurrency, links)
+        dispatcher = _Dispatcher(checks, window, links)
         dispatcher.pump()
         everything: asyncio.Future[Any] = asyncio.gather(*waits)
         await asyncio.wait([everything, failed], return_when=asyncio.FIRST_COMPLETED)
