@@ -10,13 +10,15 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
 from exprobe import __version__
 from exprobe.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 
@@ -49,6 +51,9 @@ def use_color(no_color: bool, stream: Any) -> bool:
 
 
 def make_console(no_color: bool, *, stderr: bool = False) -> Console:
+    # Imported here: a run that prints JSON or JSON Lines never loads rich.
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     color = use_color(no_color, stream)
     return Console(

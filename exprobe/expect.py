@@ -113,7 +113,7 @@ class Expectations:
         plan stays one list); their ids are the ad hoc ones (`tcp:135`).
         """
         from exprobe.engine.plan import CheckDef, adhoc_id
-        from exprobe.probes import load_all
+        from exprobe.probes import get as get_probe
 
         self.port_offset = port_offset
         covered: set[int] = set()
@@ -124,7 +124,7 @@ class Expectations:
                 continue
         ids = {d.id for d in defs}
         out = list(defs)
-        tcp = load_all()["tcp"]
+        tcp = get_probe("tcp")
         for port in self.ports():
             if port in covered:
                 continue

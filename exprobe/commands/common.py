@@ -12,6 +12,7 @@ from exprobe.engine.runner import RunOptions
 from exprobe.engine.scheduler import Limits
 from exprobe.errors import InputError
 from exprobe.net.tls import TlsOptions
+from exprobe.probes import get as get_probe
 from exprobe.probes import load_all
 from exprobe.probes.base import TLS_MODES, make_params
 from exprobe.targets import Target, consent_problem, parse_file, parse_target
@@ -28,12 +29,12 @@ def parse_check_option(text: str, values: dict[str, str] | None = None) -> Check
     parts = text.split(":")
     if not 1 <= len(parts) <= 3 or not parts[0]:
         raise InputError(f"--check {text!r}: expected PROBE[:PORT[:TLS]]")
-    registry = load_all()
     name = parts[0].lower()
-    if name not in registry:
-        known = ", ".join(sorted(registry))
-        raise InputError(f"--check {text!r}: unknown probe {name!r} (known: {known})")
-    spec = registry[name]
+    try:
+        spec = get_probe(name)
+    except KeyError:
+        known = ", ".join(sorted(load_all()))
+        raise InputError(f"--check {text!r}: unknown probe {name!r} (known: {known})") from None
     port: int | None = None
     if len(parts) > 1 and parts[1]:
         if not parts[1].isdigit() or not 1 <= int(parts[1]) <= 65535:
@@ -53,7 +54,7 @@ def parse_check_option(text: str, values: dict[str, str] | None = None) -> Check
 
 def adhoc_defs(ports: list[int], checks: list[str]) -> list[CheckDef]:
     defs: dict[str, CheckDef] = {}
-    tcp = load_all()["tcp"]
+    tcp = get_probe("tcp")
     for p in ports:
         if not 1 <= p <= 65535:
             raise InputError(f"--port {p}: outside 1-65535")

@@ -21,7 +21,7 @@ from exprobe.commands.common import EngineArgs
 from exprobe.engine.plan import CheckDef
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
-from exprobe.probes import load_all
+from exprobe.probes import get as get_probe
 from exprobe.probes.base import make_params
 from exprobe.report.safe import printable
 from exprobe.report.table import state_text, status_text
@@ -90,7 +90,7 @@ def epm(
         raise InputError(f"--format {fmt!r}: `epm` prints table or json")
     if not 1 <= port <= 65535:
         raise InputError(f"--port {port}: outside 1-65535")
-    spec = load_all()["msrpc-epm"]
+    spec = get_probe("msrpc-epm")
     values: dict[str, Any] = {
         "components": components,
         "follow": follow,

@@ -324,7 +324,6 @@ def execute(
         if output:
             jsonl_file = Path(output).open("w", encoding="utf-8")  # noqa: SIM115 - closed below
         jsonl = JsonLinesWriter(jsonl_file or sys.stdout, verbose=verbose)
-    err = make_console(no_color, stderr=True)
     show_progress = sys.stderr.isatty() and fmt != "jsonl"
     signals: dict[str, dict[str, int]] = {}
 
@@ -348,7 +347,7 @@ def execute(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=err,
+                console=make_console(no_color, stderr=True),
                 transient=True,
             )
             progress_cm = progress

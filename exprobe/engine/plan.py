@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from exprobe.probes import load_all
+from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec, Params
 from exprobe.targets import Resolved
 
@@ -20,7 +20,7 @@ class CheckDef:
     port: int | None = None
 
     def resolved_port(self, offset: int = 0) -> int:
-        port = load_all()[self.probe].port_for(self.params, self.port)
+        port = get_probe(self.probe).port_for(self.params, self.port)
         return port + offset if offset else port
 
 
@@ -34,7 +34,7 @@ def checks_for(target_port: int | None, defs: list[CheckDef], offset: int) -> li
     if target_port is None:
         return defs
     out: dict[str, CheckDef] = {}
-    for d in defs or [CheckDef("", "tcp", load_all()["tcp"].params_type())]:
+    for d in defs or [CheckDef("", "tcp", get_probe("tcp").params_type())]:
         cid = adhoc_id(d.probe, target_port, d.params.tls)
         out.setdefault(cid, CheckDef(cid, d.probe, d.params, target_port - offset))
     return list(out.values())

@@ -24,7 +24,7 @@ from exprobe.net.connect import (
 )
 from exprobe.net.stream import Stream
 from exprobe.net.tls import TlsOptions
-from exprobe.probes import load_all
+from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec, ProbeContext
 from exprobe.result import CheckResult
 from exprobe.status import (
@@ -84,7 +84,7 @@ def now_iso() -> str:
 
 async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
     """Run `check` to completion within `opts.timeout`; never raises except CancelledError."""
-    if check.address is not None and load_all()[check.probe].func is None:
+    if check.address is not None and get_probe(check.probe).func is None:
         return await _connect_check(check, check.address, opts)
     started_at = now_iso()
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
             ),
             [],
         )
-    spec = load_all()[check.probe]
+    spec = get_probe(check.probe)
     phase = "connect"
     try:
         async with asyncio.timeout(opts.timeout):

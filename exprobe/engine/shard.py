@@ -39,7 +39,7 @@ from typing import Any
 
 from exprobe.engine.runner import Outcome
 from exprobe.engine.scheduler import Limits, Pool, Runner
-from exprobe.probes import load_all
+from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec, Params, make_params
 from exprobe.result import CheckResult
 from exprobe.status import PortState, Status
@@ -167,7 +167,7 @@ def _check_from(t: list[Any], params: list[Params]) -> CheckSpec:
 
 
 def _params_from(probe: str, values: dict[str, Any]) -> Params:
-    return make_params(load_all()[probe].params_type, values, f"shard: {probe} parameters")
+    return make_params(get_probe(probe).params_type, values, f"shard: {probe} parameters")
 
 
 # -- the shard (child) ----------------------------------------------------------------------

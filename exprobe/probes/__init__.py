@@ -1,7 +1,8 @@
 """Probes, one module each, and the registry they fill.
 
-`load_all()` imports every probe module once; modules with heavy dependencies import
-them lazily inside their functions so start-up stays fast.
+`get(name)` imports only the module that defines that probe, so a run of plain TCP
+checks never loads the MSRPC or LDAP codecs; `load_all()` imports every module (for
+profiles and listings, which name probes from any of them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,19 @@ PROBE_MODULES = (
     "msrpc",
 )
 
+# Probes registered by a module of another name.
+_MODULE_OF = {"banner": "tcp", "msrpc-epm": "msrpc", "msrpc-bind": "msrpc"}
+
 _loaded = False
+
+
+def _import(mod: str) -> None:
+    try:
+        importlib.import_module(f"exprobe.probes.{mod}")
+    except ModuleNotFoundError as exc:
+        # A probe module not written yet must not break the others.
+        if exc.name != f"exprobe.probes.{mod}":
+            raise
 
 
 def load_all() -> dict[str, ProbeSpec]:
@@ -29,16 +42,17 @@ def load_all() -> dict[str, ProbeSpec]:
     global _loaded
     if not _loaded:
         for mod in PROBE_MODULES:
-            try:
-                importlib.import_module(f"exprobe.probes.{mod}")
-            except ModuleNotFoundError as exc:
-                # A probe module not written yet must not break the others.
-                if exc.name != f"exprobe.probes.{mod}":
-                    raise
+            _import(mod)
         _loaded = True
     return REGISTRY
 
 
 def get(name: str) -> ProbeSpec:
-    """The probe registered as `name`; KeyError if there is none."""
-    return load_all()[name]
+    """The probe registered as `name`, importing only its module; KeyError if none."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        mod = _MODULE_OF.get(name, name)
+        if mod in PROBE_MODULES:
+            _import(mod)
+        spec = REGISTRY.get(name)
+    return spec if spec is not None else load_all()[name]
