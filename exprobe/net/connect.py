@@ -160,16 +160,7 @@ async def open_stream(
 ) -> Stream:
     """A connected `Stream`.  Raises OSError / TimeoutError (mapped by the runner)."""
     # The Python socket class, not the bare one: uvloop keeps a socket.socket open for
-    # its transport (_io_refs), but a bare socket's finalizer would close the descriptor
-    # a second time, by then perhaps another connection's.
+    # a TLS transport (_io_refs), but a bare socket's finalizer would close the
+    # descriptor a second time, by then perhaps another connection's.
     sock = await connect_socket(address, port, source=source, connect_timeout=connect_timeout)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=max_line, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    try:
-        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
-    except BaseException:
-        reset_close(sock)
-        raise
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return Stream(reader, writer, max_line=max_line)
+    return Stream(sock, max_line=max_line)
