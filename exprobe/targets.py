@@ -41,7 +41,6 @@ class Target:
     network: IPNetwork | None = None
     port: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
-    where: str = "command line"
 
     @property
     def is_name(self) -> bool:
@@ -102,7 +101,6 @@ def parse_target(
                 address=ipaddress.IPv4Address(int.from_bytes(packed, "big")),
                 port=_port(port_text, where) if port_text is not None else None,
                 labels=labels,
-                where=where,
             )
     shown = raw if len(raw) <= 80 else raw[:77] + "..."
     if not raw:
@@ -122,7 +120,7 @@ def parse_target(
             addr6 = ipaddress.IPv6Address(host)
         except ValueError:
             raise InputError(f"{where}: {host!r} is not an IPv6 address") from None
-        return Target(raw, address=addr6, port=port, labels=labels, where=where)
+        return Target(raw, address=addr6, port=port, labels=labels)
     if raw.count(":") == 1:
         host, port_text = raw.split(":")
         port = _port(port_text, where)
@@ -131,13 +129,13 @@ def parse_target(
             net = ipaddress.ip_network(host, strict=False)
         except ValueError:
             raise InputError(f"{where}: {shown!r} is not a valid CIDR block") from None
-        return Target(raw, network=net, port=port, labels=labels, where=where)
+        return Target(raw, network=net, port=port, labels=labels)
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
         addr = None
     if addr is not None:
-        return Target(raw, address=addr, port=port, labels=labels, where=where)
+        return Target(raw, address=addr, port=port, labels=labels)
     if ":" in host:
         raise InputError(
             f"{where}: {shown!r} is not a valid address (IPv6 with a port needs [v6]:port)"
@@ -146,7 +144,7 @@ def parse_target(
         raise InputError(f"{where}: {shown!r} is not a valid IPv4 address")
     if not _HOST_RE.match(host):
         raise InputError(f"{where}: {shown!r} is not a valid host name or address")
-    return Target(raw, host=host.rstrip(".").lower(), port=port, labels=labels, where=where)
+    return Target(raw, host=host.rstrip(".").lower(), port=port, labels=labels)
 
 
 def parse_file(path: str) -> list[Target]:

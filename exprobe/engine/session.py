@@ -107,7 +107,9 @@ class Session:
                 self.total_planned, self.limits, self._count_addresses, streamed=not keep
             )
             if shards > 1:
-                await run_sharded(checks(), runner, self.limits, shards, deliver)
+                await run_sharded(
+                    checks(), runner, self.limits, shards, deliver, forget=self.targets.clear
+                )
             else:
                 await run_pool(
                     checks(),

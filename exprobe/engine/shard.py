@@ -342,11 +342,17 @@ async def run_sharded(
     limits: Limits,
     shards: int,
     deliver: Callable[[CheckResult], None],
+    *,
+    forget: Callable[[], None] | None = None,
 ) -> None:
     """Run `checks` in `shards` forked processes, each with its share of
     `limits.concurrency`, and `deliver` each result here as it arrives.  On cancellation
     (or a failure here) the shards are told to stop (SIGTERM) and what they finished is
-    still delivered before the error propagates."""
+    still delivered before the error propagates.
+
+    `forget` runs in each child right after the fork, to drop what only this process
+    needs (the target list): this process dirties those pages as it plans, so a child
+    that kept them would hold a second copy of them for the whole run."""
     loop = asyncio.get_running_loop()
     # Each shard runs its share of --concurrency (so the total holds) and is handed a
     # little more than that, so it never waits on this process for its next check.
@@ -367,6 +373,8 @@ async def run_sharded(
                 # Only its own two ends: an earlier shard must see EOF when we close ours.
                 for fd in (req_w, res_r, *(fd for pair in ends for fd in pair)):
                     os.close(fd)
+                if forget is not None:
+                    forget()
                 _run_child(type(loop), run, local, req_r, res_w)
             os.close(req_r)
             os.close(res_w)
