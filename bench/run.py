@@ -386,19 +386,22 @@ def scenario_startup(ctx: Context) -> None:
     say(
         f"== 7. start-up: one TCP check on loopback, wall incl. interpreter start ({runs} pairs) =="
     )
-    ours_argv = [*ctx.prefix, *exprobe_argv("run", "127.0.0.1", "--port", str(SWEEP_PORT))]
-    nmap_argv = [*ctx.prefix, "nmap", "-sT", "-Pn", "-n", "-p", str(SWEEP_PORT), "127.0.0.1"]
-    floor_argv = [*ctx.prefix, python(), "-c", "pass"]
-    got: dict[str, list[Run]] = {"exprobe": [], "nmap": [], "python -c pass": []}
-    for i in range(runs + 2):  # two warm-up pairs, not counted
-        order = [("exprobe", ours_argv), ("nmap", nmap_argv), ("python -c pass", floor_argv)]
-        if i % 2:
-            order.reverse()
-        for name, argv in order:
-            run = measure(name.split()[0], argv, ctx.out, timeout=30, tag="startup")
-            if name == "exprobe":
+    say("  exprobe: the default table; exprobe -f nagios: what a monitoring system runs")
+    ours = [*ctx.prefix, *exprobe_argv("run", "127.0.0.1", "--port", str(SWEEP_PORT))]
+    tools = [
+        ("exprobe", ours),
+        ("exprobe -f nagios", [*ours, "--format", "nagios"]),
+        ("nmap", [*ctx.prefix, "nmap", "-sT", "-Pn", "-n", "-p", str(SWEEP_PORT), "127.0.0.1"]),
+        ("python -c pass", [*ctx.prefix, python(), "-c", "pass"]),
+    ]
+    got: dict[str, list[Run]] = {name: [] for name, _ in tools}
+    for i in range(runs + 2):  # two warm-up rounds, not counted
+        for name, argv in tools if i % 2 == 0 else tools[::-1]:
+            tag = name.split()[0]
+            run = measure(tag, argv, ctx.out, timeout=30, tag="startup")
+            if tag == "exprobe":
                 run.errors = 0 if run.returncode == 0 else 1
-            elif name == "nmap":
+            elif tag == "nmap":
                 run.errors = 0 if "open" in run.stdout.read_text() else 1
             if i >= 2:
                 got[name].append(run)
@@ -407,24 +410,29 @@ def scenario_startup(ctx: Context) -> None:
     for name, rs in got.items():
         wrong = sum(not r.ok for r in rs)
         say(
-            f"  {name:<15} median {med([r.wall for r in rs]) * 1000:6.1f} ms  "
+            f"  {name:<17} median {med([r.wall for r in rs]) * 1000:6.1f} ms  "
             f"min {min(r.wall for r in rs) * 1000:6.1f} ms  "
             f"cpu {med([r.cpu for r in rs]) * 1000:6.1f} ms  "
             f"rss {med([r.rss_mb for r in rs]):5.1f} MB  errors: {wrong or 'none'}"
         )
-    ratios = [o.wall / t.wall for o, t in zip(got["exprobe"], got["nmap"], strict=True)]
-    ours_ms = med([r.wall for r in got["exprobe"]]) * 1000
-    say(f"  exprobe wall / nmap wall: {med(ratios):.2f}x (pair by pair)")
-    ctx.record["startup"] = {
-        **record_of(got, ratios),
-        "note": "ratio = exprobe wall / nmap wall (lower is better)",
-    }
-    ctx.figures.append(
-        Figure("start-up, one check", "< 350 ms", f"{ours_ms:.0f} ms", ours_ms < 350)
-    )
-    ctx.figures.append(
-        Figure("start-up vs nmap", "<= 2.5x nmap", f"{med(ratios):.2f}x", med(ratios) <= 2.5)
-    )
+    record: dict[str, object] = {"note": "ratio = exprobe wall / nmap wall (lower is better)"}
+    for name in ("exprobe", "exprobe -f nagios"):
+        ratios = [o.wall / t.wall for o, t in zip(got[name], got["nmap"], strict=True)]
+        ours_ms = med([r.wall for r in got[name]]) * 1000
+        say(f"  {name} wall / nmap wall: {med(ratios):.2f}x (pair by pair)")
+        record[name] = record_of({name: got[name], "nmap": got["nmap"]}, ratios)
+        ctx.figures.append(
+            Figure(f"start-up, {name}", "< 350 ms", f"{ours_ms:.0f} ms", ours_ms < 350)
+        )
+        ctx.figures.append(
+            Figure(
+                f"start-up, {name} vs nmap",
+                "<= 2.5x nmap",
+                f"{med(ratios):.2f}x",
+                med(ratios) <= 2.5,
+            )
+        )
+    ctx.record["startup"] = record
     say()
 
 
