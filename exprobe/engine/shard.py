@@ -2,15 +2,15 @@
 
 A Python event loop is one core.  A sweep of tens of thousands of checks is CPU-bound
 (each check is a few system calls and some Python), so on a machine with several cores
-`Session` forks one shard per core, each with its share of `concurrency`.  This process
-plans the checks and hands them out (`_Dispatcher`): a little more than its share to
-each shard at a time, every check of an address with checks unanswered to the same
-shard (so the per-host limit holds there), a new address to the least busy shard (so
-a shard that drew slow, filtered targets gets fewer).  A shard runs what it is given
-through the ordinary worker pool and sends the results back; this process hands each
-to the same sink as a single-process run: JSON Lines, progress.  Both directions are
+`Session` forks one shard per core.  This process plans the checks and hands them out
+(`_Dispatcher`), holding `concurrency` as one limit over all shards: every check of an
+address with checks unanswered goes to the same shard (so the per-host limit holds
+there), a new address to the least busy shard (so a shard whose slots are held by
+slow, filtered targets gets fewer).  A shard runs what it is given through the
+ordinary worker pool and sends the results back; this process hands each to the same
+sink as a single-process run: JSON Lines, progress.  Both directions are
 length-prefixed JSON arrays (never pickle: results carry network text); the shards
-never walk this process's targets, so the pages they share with it stay shared.
+drop the target list right after the fork and never walk this process's objects.
 
 Used for streamed runs (`Session.keep_results` false: --format jsonl), where results
 pass through this process and are gone; a kept report is held and rendered here alone,
@@ -281,16 +281,18 @@ class _Remote:
 
 
 class _Dispatcher:
-    """Hands checks to the shards, at most `window` unanswered per shard.  All checks of
-    an address that has any unanswered go to the same shard (the per-host limit holds
-    there); a new address goes to the shard with the fewest unanswered, so a shard busy
-    with slow (filtered) targets is given less."""
+    """Hands checks to the shards, at most `window` unanswered in all (--concurrency,
+    held across the shards as one limit).  All checks of an address that has any
+    unanswered go to the same shard (the per-host limit holds there); a new address goes
+    to the shard with the fewest unanswered, so a shard whose slots are held by slow
+    (filtered) targets is given the rest, as one loop's free slots would be."""
 
     def __init__(self, checks: Iterable[CheckSpec], window: int, links: list[_Remote]) -> None:
         self._it = iter(checks)
         self._window = max(1, window)
         self._links = links
         self._per_shard = [0] * len(links)
+        self._unanswered = 0
         self._sticky: dict[str, list[int]] = {}  # address -> [shard, unanswered]
         self._held: CheckSpec | None = None  # waits for room in its address's shard
         self.stopped = False
@@ -309,7 +311,7 @@ class _Dispatcher:
             key = check.address or check.target
             entry = self._sticky.get(key)
             shard = entry[0] if entry else min(range(len(per_shard)), key=per_shard.__getitem__)
-            if per_shard[shard] >= self._window:
+            if self._unanswered >= self._window:
                 self._held = check
                 break
             if entry:
@@ -318,6 +320,7 @@ class _Dispatcher:
                 self._sticky[key] = [shard, 1]
             batches[shard].append(check)
             per_shard[shard] += 1
+            self._unanswered += 1
         for link, batch in zip(self._links, batches, strict=True):
             if batch:
                 link.send(batch)
@@ -328,6 +331,7 @@ class _Dispatcher:
     def answered(self, key: str) -> None:
         entry = self._sticky[key]
         self._per_shard[entry[0]] -= 1
+        self._unanswered -= 1
         entry[1] -= 1
         if not entry[1]:
             del self._sticky[key]
@@ -345,8 +349,8 @@ async def run_sharded(
     *,
     forget: Callable[[], None] | None = None,
 ) -> None:
-    """Run `checks` in `shards` forked processes, each with its share of
-    `limits.concurrency`, and `deliver` each result here as it arrives.  On cancellation
+    """Run `checks` in `shards` forked processes, at most `limits.concurrency` in flight
+    across them, and `deliver` each result here as it arrives.  On cancellation
     (or a failure here) the shards are told to stop (SIGTERM) and what they finished is
     still delivered before the error propagates.
 
@@ -354,11 +358,12 @@ async def run_sharded(
     needs (the target list): this process dirties those pages as it plans, so a child
     that kept them would hold a second copy of them for the whole run."""
     loop = asyncio.get_running_loop()
-    # Each shard runs its share of --concurrency (so the total holds) and is handed a
-    # little more than that, so it never waits on this process for its next check.
-    share = max(1, limits.concurrency // shards)
-    local = Limits(concurrency=share, per_host=limits.per_host)
-    window = share + max(16, share // 4)
+    # --concurrency is held here, over all shards: a static share per shard would let
+    # one shard's slots fill with filtered targets (each held for the connect timeout)
+    # while the other's sit idle, adding whole timeout rounds to the run.  A shard is
+    # never handed more than it may run at once, so its own limit never binds.
+    window = limits.concurrency
+    local = Limits(concurrency=window, per_host=limits.per_host)
     pids: list[int] = []
     ends: list[tuple[int, int]] = []  # this side's (request write, result read) per shard
     # Objects made so far are never freed by the children: keep their collector off them
