@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from exprobe.listen.core import Conn, Hangup, LineTooLong
 
@@ -27,115 +29,151 @@ def _split(line: bytes) -> tuple[str, str]:
     return verb.upper(), arg.strip()
 
 
-async def smtp(conn: Conn) -> None:
-    """SMTP (RFC 5321) with STARTTLS (RFC 3207): 220, EHLO/HELO, STARTTLS, NOOP, RSET, QUIT."""
-    await conn.write_line(f"220 {conn.name} ESMTP {TAG.format(kind='mail')}")
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What one line protocol answers.  The dialogue around it (`_converse`) is the same
+    for all four: greet, read bounded lines, STARTTLS, goodbye, decline, count errors."""
+
+    greeting: Callable[[Conn], list[str]]
+    too_long: list[str]
+    starttls: str  # the verb
+    tls_go: str
+    tls_active: str
+    tls_unavailable: str
+    quit: str  # the verb
+    goodbye: Callable[[Conn], list[str]]
+    declined: frozenset[str]  # logged by name only: their arguments may be passwords
+    decline: Callable[[Conn], str]
+    too_many: str
+    unknown: str
+    # Protocol-specific verbs: (what the log says, the reply lines), or None if unknown.
+    answer: Callable[[Conn, str, str], tuple[str, list[str]] | None]
+    hang_up_on_decline: bool = False
+    tagged: bool = False  # IMAP: every command and final reply carries the client's tag
+
+
+async def _converse(conn: Conn, d: Dialect) -> None:
+    await conn.write_lines(d.greeting(conn))
     errors = 0
     for _ in range(MAX_COMMANDS):
         try:
             line = await conn.read_line()
         except LineTooLong:
             conn.did("line too long")
-            await conn.write_line("500 5.5.6 line too long")
+            await conn.write_lines(d.too_long)
             raise
+        tag = ""
+        if d.tagged:
+            raw_tag, _, line = line.strip().partition(b" ")
+            if _IMAP_TAG.match(raw_tag):
+                tag = raw_tag.decode("ascii") + " "
         verb, arg = _split(line)
-        if verb == "EHLO":
-            conn.did(f"EHLO {arg}".rstrip())
-            ext = ["SIZE 10240000", "PIPELINING", "8BITMIME"]
-            if conn.tls_available:
-                ext.append("STARTTLS")
-            ext.append("ENHANCEDSTATUSCODES")
-            first = f"{conn.name} greets {arg or 'you'} (exprobe rehearsal)"
-            lines = [first, *ext]
-            await conn.write_lines(
-                [f"250{'-' if i < len(lines) - 1 else ' '}{t}" for i, t in enumerate(lines)]
-            )
-        elif verb == "HELO":
-            conn.did(f"HELO {arg}".rstrip())
-            await conn.write_line(f"250 {conn.name} (exprobe rehearsal)")
-        elif verb == "STARTTLS":
-            conn.did("STARTTLS")
+        if d.tagged and (not tag or not verb):
+            errors += 1
+            conn.did("untagged garbage")
+            if errors >= MAX_ERRORS:
+                await conn.write_line(d.too_many)
+                raise Hangup("too many bad commands")
+            await conn.write_line("* BAD expected: tag SP command")
+            continue
+        if verb == d.starttls:
+            conn.did(verb)
             if not conn.tls_available:
                 await conn.write_line(
-                    "503 5.5.1 TLS already active"
-                    if conn.tls_active
-                    else "454 4.7.0 TLS not available"
+                    tag + (d.tls_active if conn.tls_active else d.tls_unavailable)
                 )
                 continue
-            await conn.write_line("220 2.0.0 Ready to start TLS")
-            await conn.start_tls()  # the client must say EHLO again (RFC 3207 §4.2)
-        elif verb == "QUIT":
-            conn.did("QUIT")
-            await conn.write_line(f"221 2.0.0 {conn.name} closing (exprobe rehearsal)")
+            await conn.write_line(tag + d.tls_go)
+            await conn.start_tls()  # SMTP: the client must say EHLO again (RFC 3207 §4.2)
+        elif verb == d.quit:
+            conn.did(verb)
+            *untagged, last = d.goodbye(conn)
+            await conn.write_lines([*untagged, tag + last])
             conn.record.outcome = "said goodbye"
             return
-        elif verb in ("NOOP", "RSET"):
+        elif verb in d.declined:
             conn.did(verb)
-            await conn.write_line("250 2.0.0 OK")
-        elif verb in ("MAIL", "RCPT", "DATA", "BDAT", "AUTH", "VRFY", "EXPN", "ETRN"):
-            # A real sender that reaches the rehearsal must queue, not bounce: 421.
-            conn.did(verb)
-            await conn.write_line(
-                f"421 4.3.2 {conn.name} is an exprobe rehearsal listener, not a mail server"
-            )
-            raise Hangup(f"declined {verb} (rehearsal: no mail accepted)")
+            await conn.write_line(tag + d.decline(conn))
+            if d.hang_up_on_decline:
+                raise Hangup(f"declined {verb} (rehearsal: no mail accepted)")
+        elif (answered := d.answer(conn, verb, arg)) is not None:
+            action, lines = answered
+            conn.did(action)
+            *untagged, last = lines
+            await conn.write_lines([*untagged, tag + last])
         else:
             errors += 1
             conn.did(f"unknown {verb[:20]!r}")
             if errors >= MAX_ERRORS:
-                await conn.write_line("421 4.7.0 too many errors")
+                await conn.write_line(d.too_many)
                 raise Hangup("too many unknown commands")
-            await conn.write_line("500 5.5.2 command not recognized")
+            await conn.write_line(tag + d.unknown)
     raise Hangup(f"more than {MAX_COMMANDS} commands")
 
 
-async def pop3(conn: Conn) -> None:
-    """POP3 (RFC 1939) with CAPA (RFC 2449) and STLS (RFC 2595): +OK, CAPA, STLS, NOOP, QUIT."""
-    await conn.write_line(f"+OK {conn.name} POP3 {TAG.format(kind='mail')}")
-    errors = 0
-    for _ in range(MAX_COMMANDS):
-        try:
-            line = await conn.read_line()
-        except LineTooLong:
-            conn.did("line too long")
-            await conn.write_line("-ERR line too long")
-            raise
-        verb, _arg = _split(line)
-        if verb == "CAPA":
-            conn.did("CAPA")
-            caps = ["+OK capability list follows"]
-            if conn.tls_available:
-                caps.append("STLS")
-            caps += ["IMPLEMENTATION exprobe-listen", "."]
-            await conn.write_lines(caps)
-        elif verb == "STLS":
-            conn.did("STLS")
-            if not conn.tls_available:
-                await conn.write_line(
-                    "-ERR TLS already active" if conn.tls_active else "-ERR TLS not available"
-                )
-                continue
-            await conn.write_line("+OK begin TLS negotiation")
-            await conn.start_tls()
-        elif verb == "QUIT":
-            conn.did("QUIT")
-            await conn.write_line(f"+OK {conn.name} signing off (exprobe rehearsal)")
-            conn.record.outcome = "said goodbye"
-            return
-        elif verb == "NOOP":
-            conn.did("NOOP")
-            await conn.write_line("+OK")
-        elif verb in ("USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR", "UIDL", "TOP"):
-            conn.did(verb)  # never the argument: it may be a password
-            await conn.write_line("-ERR [SYS/TEMP] exprobe rehearsal listener: no mailboxes here")
-        else:
-            errors += 1
-            conn.did(f"unknown {verb[:20]!r}")
-            if errors >= MAX_ERRORS:
-                await conn.write_line("-ERR too many errors")
-                raise Hangup("too many unknown commands")
-            await conn.write_line("-ERR unknown command")
-    raise Hangup(f"more than {MAX_COMMANDS} commands")
+def _smtp_answer(conn: Conn, verb: str, arg: str) -> tuple[str, list[str]] | None:
+    if verb == "EHLO":
+        ext = ["SIZE 10240000", "PIPELINING", "8BITMIME"]
+        if conn.tls_available:
+            ext.append("STARTTLS")
+        ext.append("ENHANCEDSTATUSCODES")
+        lines = [f"{conn.name} greets {arg or 'you'} (exprobe rehearsal)", *ext]
+        last = len(lines) - 1
+        return f"EHLO {arg}".rstrip(), [
+            f"250{'-' if i < last else ' '}{t}" for i, t in enumerate(lines)
+        ]
+    if verb == "HELO":
+        return f"HELO {arg}".rstrip(), [f"250 {conn.name} (exprobe rehearsal)"]
+    if verb in ("NOOP", "RSET"):
+        return verb, ["250 2.0.0 OK"]
+    return None
+
+
+SMTP = Dialect(
+    greeting=lambda c: [f"220 {c.name} ESMTP {TAG.format(kind='mail')}"],
+    too_long=["500 5.5.6 line too long"],
+    starttls="STARTTLS",
+    tls_go="220 2.0.0 Ready to start TLS",
+    tls_active="503 5.5.1 TLS already active",
+    tls_unavailable="454 4.7.0 TLS not available",
+    quit="QUIT",
+    goodbye=lambda c: [f"221 2.0.0 {c.name} closing (exprobe rehearsal)"],
+    declined=frozenset(("MAIL", "RCPT", "DATA", "BDAT", "AUTH", "VRFY", "EXPN", "ETRN")),
+    # A real sender that reaches the rehearsal must queue, not bounce: 421.
+    decline=lambda c: f"421 4.3.2 {c.name} is an exprobe rehearsal listener, not a mail server",
+    hang_up_on_decline=True,
+    too_many="421 4.7.0 too many errors",
+    unknown="500 5.5.2 command not recognized",
+    answer=_smtp_answer,
+)
+
+
+def _pop3_answer(conn: Conn, verb: str, arg: str) -> tuple[str, list[str]] | None:
+    if verb == "CAPA":
+        caps = ["+OK capability list follows"]
+        if conn.tls_available:
+            caps.append("STLS")
+        return verb, [*caps, "IMPLEMENTATION exprobe-listen", "."]
+    if verb == "NOOP":
+        return verb, ["+OK"]
+    return None
+
+
+POP3 = Dialect(
+    greeting=lambda c: [f"+OK {c.name} POP3 {TAG.format(kind='mail')}"],
+    too_long=["-ERR line too long"],
+    starttls="STLS",
+    tls_go="+OK begin TLS negotiation",
+    tls_active="-ERR TLS already active",
+    tls_unavailable="-ERR TLS not available",
+    quit="QUIT",
+    goodbye=lambda c: [f"+OK {c.name} signing off (exprobe rehearsal)"],
+    declined=frozenset(("USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR", "UIDL", "TOP")),
+    decline=lambda c: "-ERR [SYS/TEMP] exprobe rehearsal listener: no mailboxes here",
+    too_many="-ERR too many errors",
+    unknown="-ERR unknown command",
+    answer=_pop3_answer,
+)
 
 
 _IMAP_TAG = re.compile(rb"^[!#$&'*,./0-9:;<=>?@A-Z\[\]^_`a-z|~-]{1,64}$")
@@ -149,119 +187,80 @@ def _imap_caps(conn: Conn) -> str:
     return " ".join(caps)
 
 
+def _imap_answer(conn: Conn, verb: str, arg: str) -> tuple[str, list[str]] | None:
+    if verb == "CAPABILITY":
+        return verb, [f"* CAPABILITY {_imap_caps(conn)}", "OK CAPABILITY done"]
+    if verb == "NOOP":
+        return verb, ["OK NOOP done"]
+    return None
+
+
+IMAP = Dialect(
+    greeting=lambda c: [f"* OK [CAPABILITY {_imap_caps(c)}] {c.name} {TAG.format(kind='mail')}"],
+    too_long=["* BAD line too long", "* BYE too much"],
+    starttls="STARTTLS",
+    tls_go="OK begin TLS negotiation now",
+    tls_active="BAD TLS already active",
+    tls_unavailable="NO TLS not available",
+    quit="LOGOUT",
+    goodbye=lambda c: [f"* BYE {c.name} logging out (exprobe rehearsal)", "OK LOGOUT done"],
+    declined=frozenset(("LOGIN", "AUTHENTICATE", "SELECT", "EXAMINE", "ID", "ENABLE")),
+    decline=lambda c: "NO [UNAVAILABLE] exprobe rehearsal listener: no mailboxes here",
+    too_many="* BYE too many errors",
+    unknown="BAD unknown command",
+    answer=_imap_answer,
+    tagged=True,
+)
+
+
+def _nntp_answer(conn: Conn, verb: str, arg: str) -> tuple[str, list[str]] | None:
+    if verb == "CAPABILITIES":
+        caps = ["101 Capability list:", "VERSION 2", "READER", "POST"]
+        if conn.tls_available:
+            caps.append("STARTTLS")
+        return verb, [*caps, "IMPLEMENTATION exprobe-listen", "."]
+    if verb == "MODE" and arg.upper() == "READER":
+        return "MODE READER", ["200 reader mode, posting allowed (exprobe rehearsal)"]
+    if verb == "DATE":
+        return verb, ["111 " + time.strftime("%Y%m%d%H%M%S", time.gmtime())]
+    return None
+
+
+NNTP = Dialect(
+    greeting=lambda c: [f"200 {c.name} NNTP {TAG.format(kind='news')}; posting allowed"],
+    too_long=["501 line too long"],
+    starttls="STARTTLS",
+    tls_go="382 Continue with TLS negotiation",
+    tls_active="502 TLS already active",
+    tls_unavailable="580 TLS not available",
+    quit="QUIT",
+    goodbye=lambda c: ["205 closing connection (exprobe rehearsal)"],
+    declined=frozenset(("GROUP", "LIST", "ARTICLE", "POST", "AUTHINFO", "NEWNEWS", "HEAD", "BODY")),
+    decline=lambda c: "403 exprobe rehearsal listener: no news here",
+    too_many="400 too many errors",
+    unknown="500 unknown command",
+    answer=_nntp_answer,
+)
+
+
+async def smtp(conn: Conn) -> None:
+    """SMTP (RFC 5321) with STARTTLS (RFC 3207): 220, EHLO/HELO, STARTTLS, NOOP, RSET, QUIT."""
+    await _converse(conn, SMTP)
+
+
+async def pop3(conn: Conn) -> None:
+    """POP3 (RFC 1939) with CAPA (RFC 2449) and STLS (RFC 2595): +OK, CAPA, STLS, NOOP, QUIT."""
+    await _converse(conn, POP3)
+
+
 async def imap(conn: Conn) -> None:
     """IMAP4rev1 (RFC 3501): * OK [CAPABILITY ...], CAPABILITY, STARTTLS, NOOP, LOGOUT."""
-    await conn.write_line(
-        f"* OK [CAPABILITY {_imap_caps(conn)}] {conn.name} {TAG.format(kind='mail')}"
-    )
-    errors = 0
-    for _ in range(MAX_COMMANDS):
-        try:
-            line = await conn.read_line()
-        except LineTooLong:
-            conn.did("line too long")
-            await conn.write_lines(["* BAD line too long", "* BYE too much"])
-            raise
-        tag, _, rest = line.strip().partition(b" ")
-        verb, _arg = _split(rest)
-        if not _IMAP_TAG.match(tag) or not verb:
-            errors += 1
-            conn.did("untagged garbage")
-            if errors >= MAX_ERRORS:
-                await conn.write_line("* BYE too many errors")
-                raise Hangup("too many bad commands")
-            await conn.write_line("* BAD expected: tag SP command")
-            continue
-        t = tag.decode("ascii")
-        if verb == "CAPABILITY":
-            conn.did("CAPABILITY")
-            await conn.write_lines([f"* CAPABILITY {_imap_caps(conn)}", f"{t} OK CAPABILITY done"])
-        elif verb == "STARTTLS":
-            conn.did("STARTTLS")
-            if not conn.tls_available:
-                await conn.write_line(
-                    f"{t} BAD TLS already active"
-                    if conn.tls_active
-                    else f"{t} NO TLS not available"
-                )
-                continue
-            await conn.write_line(f"{t} OK begin TLS negotiation now")
-            await conn.start_tls()
-        elif verb == "LOGOUT":
-            conn.did("LOGOUT")
-            await conn.write_lines(
-                [f"* BYE {conn.name} logging out (exprobe rehearsal)", f"{t} OK LOGOUT done"]
-            )
-            conn.record.outcome = "said goodbye"
-            return
-        elif verb == "NOOP":
-            conn.did("NOOP")
-            await conn.write_line(f"{t} OK NOOP done")
-        elif verb in ("LOGIN", "AUTHENTICATE", "SELECT", "EXAMINE", "ID", "ENABLE"):
-            conn.did(verb)  # never the arguments: LOGIN carries a password
-            await conn.write_line(
-                f"{t} NO [UNAVAILABLE] exprobe rehearsal listener: no mailboxes here"
-            )
-        else:
-            errors += 1
-            conn.did(f"unknown {verb[:20]!r}")
-            if errors >= MAX_ERRORS:
-                await conn.write_line("* BYE too many errors")
-                raise Hangup("too many unknown commands")
-            await conn.write_line(f"{t} BAD unknown command")
-    raise Hangup(f"more than {MAX_COMMANDS} commands")
+    await _converse(conn, IMAP)
 
 
 async def nntp(conn: Conn) -> None:
     """NNTP (RFC 3977) with STARTTLS (RFC 4642): 200, CAPABILITIES, STARTTLS 382, QUIT 205."""
-    await conn.write_line(f"200 {conn.name} NNTP {TAG.format(kind='news')}; posting allowed")
-    errors = 0
-    for _ in range(MAX_COMMANDS):
-        try:
-            line = await conn.read_line()
-        except LineTooLong:
-            conn.did("line too long")
-            await conn.write_line("501 line too long")
-            raise
-        verb, arg = _split(line)
-        if verb == "CAPABILITIES":
-            conn.did("CAPABILITIES")
-            caps = ["101 Capability list:", "VERSION 2", "READER", "POST"]
-            if conn.tls_available:
-                caps.append("STARTTLS")
-            caps += ["IMPLEMENTATION exprobe-listen", "."]
-            await conn.write_lines(caps)
-        elif verb == "STARTTLS":
-            conn.did("STARTTLS")
-            if not conn.tls_available:
-                await conn.write_line(
-                    "502 TLS already active" if conn.tls_active else "580 TLS not available"
-                )
-                continue
-            await conn.write_line("382 Continue with TLS negotiation")
-            await conn.start_tls()
-        elif verb == "QUIT":
-            conn.did("QUIT")
-            await conn.write_line("205 closing connection (exprobe rehearsal)")
-            conn.record.outcome = "said goodbye"
-            return
-        elif verb == "MODE" and arg.upper() == "READER":
-            conn.did("MODE READER")
-            await conn.write_line("200 reader mode, posting allowed (exprobe rehearsal)")
-        elif verb == "DATE":
-            conn.did("DATE")
-            await conn.write_line("111 " + time.strftime("%Y%m%d%H%M%S", time.gmtime()))
-        elif verb in ("GROUP", "LIST", "ARTICLE", "POST", "AUTHINFO", "NEWNEWS", "HEAD", "BODY"):
-            conn.did(verb)  # never the arguments: AUTHINFO carries a password
-            await conn.write_line("403 exprobe rehearsal listener: no news here")
-        else:
-            errors += 1
-            conn.did(f"unknown {verb[:20]!r}")
-            if errors >= MAX_ERRORS:
-                await conn.write_line("400 too many errors")
-                raise Hangup("too many unknown commands")
-            await conn.write_line("500 unknown command")
-    raise Hangup(f"more than {MAX_COMMANDS} commands")
+    await _converse(conn, NNTP)
 
 
 async def tcp(conn: Conn) -> None:
