@@ -666,6 +666,34 @@ async def test_plaintext_with_the_go_ahead_is_tls_error(probe: str) -> None:
 
 
 @pytest.mark.parametrize("probe", PROBES)
+async def test_plaintext_flood_after_the_go_ahead_is_tls_error_within_the_deadline(
+    probe: str,
+) -> None:
+    """The go-ahead, then plaintext as fast as the socket takes it: whether the flood is
+    seen before the handshake (injection) or read as a record (not TLS), the check ends
+    as a TLS error, not past its deadline."""
+
+    async def script(r: Reader, w: Writer, p: Peer) -> None:
+        await _to_go_ahead(probe, r, w, p)
+        chunk = b"250 injected before TLS\r\n" * 2048  # ~50 KB
+        for _ in range(80):  # bounded: at most ~4 MB, each write waits at most 1 s
+            w.write(chunk)
+            try:
+                await asyncio.wait_for(w.drain(), 1.0)
+            except (TimeoutError, ConnectionError):
+                break
+        await forever(p)
+
+    async with serving(script) as peer:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        res = await run(probe, peer.port, tls="starttls", deadline=5.0)
+        took = loop.time() - t0
+    assert (res.status.value, res.failed_step) == ("tls-error", "tls-handshake")
+    assert took < 5.0 + 0.5, took  # the deadline, and the loop's slack in a busy suite
+
+
+@pytest.mark.parametrize("probe", PROBES)
 async def test_plaintext_instead_of_a_handshake_is_tls_error(probe: str) -> None:
     async def script(r: Reader, w: Writer, p: Peer) -> None:
         await _to_go_ahead(probe, r, w, p)

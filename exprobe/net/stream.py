@@ -14,6 +14,7 @@ buffering and the bounds are the same in both modes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -180,11 +181,10 @@ class Stream:
         """
         if self._reader is not None:
             raise ProtocolError("TLS is already up")
-        try:
-            while waiting := self._sock.recv(RECV_SIZE):
-                self._buf += waiting
-        except (BlockingIOError, InterruptedError):
-            pass
+        # One read, never a loop: a peer that keeps the buffer full must not hold this
+        # (await-free) code past the check's deadline.
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            self._buf += self._sock.recv(RECV_SIZE)
         if self._buf:
             raise TlsError(
                 f"server sent {len(self._buf)} bytes of plaintext after agreeing to start TLS"
