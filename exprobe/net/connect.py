@@ -2,8 +2,8 @@
 
 Both start with the same non-blocking `connect()` on a bare socket: no name resolution
 (addresses are literal by now), no transport or protocol objects, one timer.  The
-connect-only check then resets the connection at once; the stream path hands the
-connected socket to asyncio for a `Stream`.
+connect-only check then resets the connection at once; the stream path wraps the
+connected socket in a `Stream`, which reads and writes on it directly.
 """
 
 from __future__ import annotations
