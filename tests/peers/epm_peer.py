@@ -141,11 +141,18 @@ class PeerConfig:
             raise ValueError(f"unknown mode {self.mode!r}")
 
 
-def _free_port(host: str) -> int:
+def _reserve_port(host: str) -> socket.socket:
+    """A port nobody listens on, held: bound and never listening, so a connection to it
+    is refused and no later bind to port 0 (this peer's own server, another test's) can
+    be handed the same port while the peer runs."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+    except BaseException:
+        s.close()
+        raise
+    return s
 
 
 class _Conn:
@@ -216,6 +223,7 @@ class EpmPeer:
         self.listener_binds: dict[str, int] = {}
         self.connected = asyncio.Event()
         self._servers: list[asyncio.Server] = []
+        self._reserved: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._page_cache: dict[tuple[int, int], bytes] = {}
         primary = self.hosts[0]
@@ -242,8 +250,12 @@ class EpmPeer:
                 )
                 self._servers.append(server)
                 self.ports[comp] = server.sockets[0].getsockname()[1]
+            elif want:
+                self.ports[comp] = want
             else:
-                self.ports[comp] = want or _free_port(self.hosts[0])
+                held = _reserve_port(self.hosts[0])
+                self._reserved.append(held)
+                self.ports[comp] = held.getsockname()[1]
         server = await asyncio.start_server(
             lambda r, w: self._spawn(self._serve(r, w)),
             host=self.hosts,
@@ -258,6 +270,9 @@ class EpmPeer:
     async def close(self) -> None:
         for s in self._servers:
             s.close()
+        for held in self._reserved:
+            held.close()
+        self._reserved.clear()
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -268,7 +283,11 @@ class EpmPeer:
                 await s.wait_closed()
 
     async def __aenter__(self) -> EpmPeer:
-        return await self.start()
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()  # what started before the failure (servers, held ports)
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
