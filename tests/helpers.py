@@ -116,9 +116,25 @@ class LoopbackServer:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port with nothing listening on it right now (bound then released)."""
+    """A port with nothing listening on it right now (bound then released), for a server
+    about to bind it."""
     import socket
 
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+_HELD: list[Any] = []  # sockets holding closed ports until the test session ends
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A port that stays closed: bound and never listening, held for the rest of the
+    session, so connections to it are refused and no later bind to port 0 (a test's
+    server) can be handed it.  A released port can be, moments later."""
+    import socket
+
+    s = socket.socket()
+    s.bind((host, 0))
+    _HELD.append(s)
+    return int(s.getsockname()[1])

@@ -16,8 +16,8 @@ import pytest
 from tests.helpers import (
     ROOT,
     LoopbackServer,
+    closed_port,
     exprobe,
-    free_port,
     results_by_port,
     validate_check_record,
     validate_report,
@@ -38,7 +38,7 @@ def test_version_and_help() -> None:
 
 
 def test_open_and_refused_json() -> None:
-    closed = free_port()
+    closed = closed_port()
     with LoopbackServer() as srv:
         out = exprobe("run", "127.0.0.1", "--port", str(srv.port), "--port", str(closed),
                       "--format", "json")
@@ -85,7 +85,7 @@ def test_ipv6_literal_with_port() -> None:
 
 
 def test_jsonl_streams_each_result(tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     with LoopbackServer() as srv:
         out = exprobe("run", "127.0.0.1", "--port", str(srv.port), "--port", str(closed),
                       "--format", "jsonl")

@@ -13,7 +13,7 @@ from exprobe.errors import InputError
 from exprobe.expect import load_expectations
 from exprobe.probes import load_all
 from exprobe.status import PortState, Status
-from tests.helpers import LoopbackServer, exprobe, free_port, validate_report
+from tests.helpers import LoopbackServer, closed_port, exprobe, validate_report
 from tests.reports import report, result, target, verdict
 
 
@@ -379,7 +379,7 @@ def test_scenario_expectations_need_a_profile_that_selects_them(tmp_path: Path) 
 
 
 def test_run_expect_violated_exit_1_with_evidence(tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     with LoopbackServer() as srv:
         path = write(tmp_path, f"""
             schema_version = 1
@@ -403,7 +403,7 @@ def test_run_expect_violated_exit_1_with_evidence(tmp_path: Path) -> None:
 
 
 def test_run_expect_all_met_exit_0_although_checks_fail(tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     path = write(tmp_path, f"""
         schema_version = 1
         [[expect]]
@@ -432,7 +432,7 @@ def test_run_bad_expectations_file_exit_2(tmp_path: Path) -> None:
 
 
 def test_run_expect_jsonl_records(tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     path = write(tmp_path, f'schema_version = 1\n[[expect]]\ntarget = "127.0.0.1"\nclosed = [{closed}]\n')
     out = exprobe("run", "127.0.0.1", "--expect", path, "--format", "jsonl")
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from exprobe.report import junit
 from exprobe.status import PortState, Status
-from tests.helpers import LoopbackServer, exprobe, free_port
+from tests.helpers import LoopbackServer, closed_port, exprobe
 from tests.reports import report, result, target, verdict
 
 
@@ -116,7 +116,7 @@ def test_hostile_text_stays_well_formed() -> None:
 
 
 def test_cli_junit_output_file(tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     path = tmp_path / "junit.xml"
     with LoopbackServer() as srv:
         out = exprobe("run", "127.0.0.1", "--port", str(srv.port), "--port", str(closed),

@@ -13,7 +13,7 @@ import pytest
 
 from exprobe.report import nagios
 from exprobe.status import PortState, Status
-from tests.helpers import LoopbackServer, exprobe, free_port
+from tests.helpers import LoopbackServer, closed_port, exprobe
 from tests.reports import report, result, target, verdict
 
 # The first line: `EXPROBE STATE - text` then optionally ` | perfdata`.
@@ -161,7 +161,7 @@ def test_hostile_text_cannot_break_the_format() -> None:
 
 
 def test_cli_ok_and_critical() -> None:
-    closed = free_port()
+    closed = closed_port()
     with LoopbackServer() as srv:
         ok = exprobe("run", "127.0.0.1", "--port", str(srv.port), "--format", "nagios")
         crit = exprobe("run", "127.0.0.1", "--port", str(srv.port), "--port", str(closed),

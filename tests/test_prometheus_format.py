@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exprobe.report import prometheus
 from exprobe.status import PortState, Status
-from tests.helpers import LoopbackServer, exprobe, free_port
+from tests.helpers import LoopbackServer, closed_port, exprobe
 from tests.reports import report, result, target, verdict
 
 CHECK_LABELS = {"target", "address", "port", "check", "probe"}
@@ -146,7 +146,7 @@ def test_promtool_catches_a_bad_exposition(promtool: str) -> None:
 
 
 def test_cli_textfile_output(promtool: str, tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     prom = tmp_path / "exprobe.prom"
     with LoopbackServer() as srv:
         out = exprobe("run", "127.0.0.1", "--port", str(srv.port), "--port", str(closed),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, LoopbackServer, exprobe, free_port
+from tests.helpers import ROOT, LoopbackServer, closed_port, exprobe, free_port
 
 PROFILE = """\
 schema_version = 1
@@ -117,7 +117,7 @@ def value(text: str, name: str, **labels: str) -> float:
 
 
 def test_probe_adhoc_checks(exporter: Exporter, listener: LoopbackServer) -> None:
-    closed = free_port()
+    closed = closed_port()
     code, body, headers = exporter.get(
         f"/probe?target=127.0.0.1&port={listener.port}&check=banner:{closed}")
     assert code == 200, body

@@ -11,7 +11,7 @@ import pexpect
 import pytest
 
 from exprobe.commands.watch import WatchState, observe
-from tests.helpers import ROOT, exprobe, free_port
+from tests.helpers import ROOT, closed_port, exprobe, free_port
 from tests.reports import report, result, target, verdict
 
 ENV = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "50"}
@@ -91,7 +91,7 @@ def test_until_pass_ends_by_itself(listener: Listener) -> None:
 
 
 def test_until_stable_exits_by_itself() -> None:
-    closed = free_port()
+    closed = closed_port()
     out = exprobe("watch", "127.0.0.1", "--port", str(closed), "--interval", "0.2",
                   "--until-stable", "2", timeout=60)
     assert out.returncode == 1, out.stdout + out.stderr  # stable, but failing
