@@ -6,9 +6,9 @@ are exactly the `Status` values.
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from exprobe import __version__
 from exprobe.status import PortState, Status
@@ -143,8 +143,24 @@ def scenario_rollup(verdicts: list[ScenarioVerdict]) -> dict[str, str]:
     return {sid: "all" if all(ps) else ("some" if any(ps) else "none") for sid, ps in by_id.items()}
 
 
+_iso_cache: list[Any] = [-1, "", -1, ""]  # second, its text, millisecond, full text
+
+
 def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now in UTC as `2026-11-28T10:22:00.123Z`: formatted once per second and shared
+    within a millisecond, since a sweep asks tens of thousands of times a second and a
+    kept report holds one per result."""
+    ms = int(time.time() * 1000)
+    cache = _iso_cache
+    if ms == cache[2]:
+        return cast(str, cache[3])
+    sec = ms // 1000
+    if sec != cache[0]:
+        cache[0] = sec
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    cache[2] = ms
+    cache[3] = text = f"{cache[1]}.{ms % 1000:03d}Z"
+    return text
 
 
 @dataclass(slots=True)

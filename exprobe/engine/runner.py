@@ -11,22 +11,15 @@ import asyncio
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from exprobe.errors import ProbeError
-from exprobe.net.connect import (
-    in_progress,
-    open_stream,
-    raise_errno,
-    reset_close,
-    start_connect,
-    wait_connected,
-)
+from exprobe.net.connect import connect_only, open_stream
 from exprobe.net.stream import Stream
 from exprobe.net.tls import TlsOptions
 from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec, ProbeContext
-from exprobe.result import CheckResult
+from exprobe.result import CheckResult, now_iso
 from exprobe.status import (
     Classified,
     PortState,
@@ -59,27 +52,6 @@ class Outcome:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
-
-
-_iso_cache: list[Any] = [-1, "", -1, ""]  # second, its text, millisecond, full text
-
-
-def now_iso() -> str:
-    """`exprobe.result.now_iso()` (UTC, milliseconds, "Z"), formatted once per second and
-    shared within a millisecond: a sweep asks for it tens of thousands of times a second,
-    and a kept report holds one per result."""
-    t = time.time()
-    ms = int(t * 1000)
-    cache = _iso_cache
-    if ms == cache[2]:
-        return cast(str, cache[3])
-    sec = ms // 1000
-    if sec != cache[0]:
-        cache[0] = sec
-        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    cache[2] = ms
-    cache[3] = text = f"{cache[1]}.{ms % 1000:03d}Z"
-    return text
 
 
 async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
@@ -195,7 +167,8 @@ async def _connect_check(check: CheckSpec, address: str, opts: RunOptions) -> Ou
     """The lean path of a probe without a function (`tcp`): connect, reset, report.
 
     Same result as the generic path would give, without a context, a stream or a
-    cancel-scope: one timer per attempt, inside `connect_only`.
+    cancel-scope: one timer per attempt, inside `connect_only`, whose budget is what is
+    left of the check's deadline.
     """
     started_at = now_iso()
     t0 = time.perf_counter()
@@ -211,13 +184,7 @@ async def _connect_check(check: CheckSpec, address: str, opts: RunOptions) -> Ou
             try:
                 if budget <= 0:
                     raise TimeoutError
-                sock, err = start_connect(address, check.port, opts.source, bare=True)
-                try:
-                    if in_progress(err):
-                        err = await wait_connected(sock, budget)
-                    raise_errno(err)
-                finally:
-                    reset_close(sock)
+                await connect_only(address, check.port, source=opts.source, connect_timeout=budget)
                 break
             except TimeoutError:
                 # Retry only a connect timeout, and never past the whole-check deadline.
@@ -248,26 +215,9 @@ async def _connect_check(check: CheckSpec, address: str, opts: RunOptions) -> Ou
             facts["traceback"] = trace
         status, state, failed_step = classified.status, classified.port_state, "connect"
         message, connect_ms, outcome = classified.reason, None, classified.status.value
-    result = CheckResult(
-        id=check.id,
-        probe=check.probe,
-        target=check.target,
-        address=address,
-        port=check.port,
-        status=status,
-        port_state=state,
-        failed_step=failed_step,
-        elapsed_ms=elapsed,
-        connect_ms=connect_ms,
-        started_at=started_at,
-        message=message,
-        tls=check.params.tls,
-        facts=facts,
-        warnings=(),
-        steps=({"step": "connect", "elapsed_ms": elapsed, "outcome": outcome},),
-        transcript=(),
-        parent=check.parent,
-        labels=dict(check.labels),
+    steps = ({"step": "connect", "elapsed_ms": elapsed, "outcome": outcome},)
+    result = _check_result(
+        check, status, state, failed_step, elapsed, connect_ms, started_at, message, facts, steps
     )
     return Outcome(result, [])
 
@@ -297,6 +247,39 @@ def _result(
     # A derived check's meta (e.g. the EPM component) is part of its facts even when the
     # check has no probe function (the lean `tcp` path) or never got past connect.
     facts = {**dict(check.meta), **ctx.facts}
+    return _check_result(
+        check,
+        status,
+        state,
+        failed_step,
+        _ms(t0),
+        connect_ms,
+        started_at,
+        message,
+        facts,
+        steps,
+        warnings=tuple(ctx.warnings),
+        transcript=tuple(stream.transcript.as_list()) if stream is not None else (),
+    )
+
+
+def _check_result(
+    check: CheckSpec,
+    status: Status,
+    state: PortState,
+    failed_step: str | None,
+    elapsed_ms: float,
+    connect_ms: float | None,
+    started_at: str,
+    message: str,
+    facts: dict[str, Any],
+    steps: tuple[dict[str, Any], ...],
+    *,
+    warnings: tuple[str, ...] = (),
+    transcript: tuple[str, ...] = (),
+) -> CheckResult:
+    """The result of `check`, its identity (id, target, address, port, TLS mode, parent,
+    labels) taken from the check itself, on either path."""
     return CheckResult(
         id=check.id,
         probe=check.probe,
@@ -306,15 +289,15 @@ def _result(
         status=status,
         port_state=state,
         failed_step=failed_step,
-        elapsed_ms=_ms(t0),
+        elapsed_ms=elapsed_ms,
         connect_ms=connect_ms,
         started_at=started_at,
         message=message,
         tls=check.params.tls,
         facts=facts,
-        warnings=tuple(ctx.warnings),
+        warnings=warnings,
         steps=steps,
-        transcript=tuple(stream.transcript.as_list()) if stream is not None else (),
+        transcript=transcript,
         parent=check.parent,
         labels=dict(check.labels),
     )

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from exprobe.engine.runner import Outcome
@@ -235,32 +234,3 @@ async def run_pool(
     """Run every check (and every derived one), calling `sink` with each outcome as it
     finishes.  `expected`, when known, is how many checks `checks` holds (a hint)."""
     await Pool(checks, run, limits, sink, expected).run()
-
-
-async def schedule(
-    checks: Iterable[CheckSpec], run: Runner, limits: Limits
-) -> AsyncIterator[Outcome]:
-    """Yield each check's outcome as it finishes, derived checks included."""
-    ready: collections.deque[Outcome] = collections.deque()
-    wakeup = asyncio.Event()
-
-    def sink(outcome: Outcome) -> None:
-        ready.append(outcome)
-        wakeup.set()
-
-    pool_task = asyncio.create_task(run_pool(checks, run, limits, sink))
-    pool_task.add_done_callback(lambda _: wakeup.set())
-    try:
-        while True:
-            while ready:
-                yield ready.popleft()
-            if pool_task.done():
-                break
-            wakeup.clear()
-            await wakeup.wait()
-        await pool_task
-    finally:
-        if not pool_task.done():
-            pool_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pool_task

@@ -115,10 +115,6 @@ async def wait_connected(sock: _socket.socket, connect_timeout: float | None) ->
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
-def in_progress(err: int) -> bool:
-    return err in _IN_PROGRESS
-
-
 def raise_errno(err: int) -> None:
     if err:
         raise OSError(err, os.strerror(err))  # OSError picks the subclass (refused, ...)
@@ -146,8 +142,17 @@ async def connect_socket(
 async def connect_only(
     address: str, port: int, *, source: str | None, connect_timeout: float | None = None
 ) -> None:
-    """Complete the three-way handshake, then reset.  Raises OSError / TimeoutError."""
-    reset_close(await connect_socket(address, port, source=source, connect_timeout=connect_timeout))
+    """Complete the three-way handshake, then reset.  Raises OSError / TimeoutError.
+
+    The lean path of a sweep: the C socket type (no Python wrapper), closed with RST
+    whatever happened; on loopback it never suspends."""
+    sock, err = start_connect(address, port, source, bare=True)
+    try:
+        if err in _IN_PROGRESS:
+            err = await wait_connected(sock, connect_timeout)
+        raise_errno(err)
+    finally:
+        reset_close(sock)
 
 
 async def open_stream(
