@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,16 +187,7 @@ def scenario_exchange(ctx: Any, lab: Any) -> None:
         "== 3. the exchange55 profile against the lab's real servers "
         f"(exprobe --set {' --set '.join(STARTTLS_SETS)}) =="
     )
-    ports = ",".join(f"{c}={p}" for c, p in EPM_PORTS.items())
-    peer = lab.spawn_srv(
-        [python(), "-m", "tests.peers.epm_peer", "--bind", SRV_ADDR, "--port", "135",
-         "--mode", "exchange55", "--ports", ports, "--listeners", "ds,is,mta"],
-        name="bench-epm-peer", cwd=str(REPO),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for port in (135, *EPM_PORTS.values()):
-            lab.wait_port(SRV_ADDR, port)
+    with lab.exchange55_epm(EPM_PORTS, name="bench-epm-peer"):
         runs = 1 if ctx.quick else ctx.runs
         ours: list[Run] = []
         theirs: list[Run] = []
@@ -254,8 +244,6 @@ def scenario_exchange(ctx: Any, lab: Any) -> None:
                 bool(ratio) and med(ratio) >= 10 and both == n_n,
             )
         )
-    finally:
-        lab.stop(peer)
     say()
 
 

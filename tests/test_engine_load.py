@@ -243,10 +243,12 @@ def defs_for(p: Peer) -> list[CheckDef]:
     ]
 
 
-def session_for(p: Peer, limits: Limits, *, keep: bool = True) -> Session:
+def session_for(
+    p: Peer, limits: Limits, *, keep: bool = True, defs: list[CheckDef] | None = None
+) -> Session:
     return Session(
         [parse_target(a) for a in p.addresses],
-        defs_for(p),
+        defs if defs is not None else defs_for(p),
         RunOptions(connect_timeout=5.0, timeout=10.0),
         limits,
         keep_results=keep,
@@ -390,12 +392,7 @@ def test_per_host_limit_holds_at_the_server(loop_factory: Any, per_host: int) ->
     with peer(4, delay=0.03) as p:
         banner = load_all()["banner"].params_type()
         defs = [CheckDef(f"b{i}", "banner", banner, p.open_port) for i in range(12)]
-        session = Session(
-            [parse_target(a) for a in p.addresses],
-            defs,
-            RunOptions(connect_timeout=5.0, timeout=10.0),
-            Limits(concurrency=64, per_host=per_host),
-        )
+        session = session_for(p, Limits(concurrency=64, per_host=per_host), defs=defs)
         report = run_in(loop_factory, session.run())
         peaks = dict(p.max_concurrent)
     assert report.summary()["by_status"] == {"success": 48}
@@ -411,11 +408,10 @@ def test_rate_limit_bounds_connection_starts_per_second(loop_factory: Any) -> No
     rate = 50
     with peer(100) as p:
         tcp = load_all()["tcp"].params_type()
-        session = Session(
-            [parse_target(a) for a in p.addresses],
-            [CheckDef("tcp", "tcp", tcp, p.open_port)],
-            RunOptions(connect_timeout=5.0, timeout=10.0),
+        session = session_for(
+            p,
             Limits(concurrency=100, per_host=4, rate=rate),
+            defs=[CheckDef("tcp", "tcp", tcp, p.open_port)],
         )
         report = run_in(loop_factory, session.run())
         p.wait_accepts(100)
@@ -437,12 +433,7 @@ def test_interrupted_run_keeps_what_finished(shards: str, monkeypatch: pytest.Mo
     with peer(40, delay=0.05) as p:
         banner = load_all()["banner"].params_type()
         defs = [CheckDef(f"b{i}", "banner", banner, p.open_port) for i in range(10)]
-        session = Session(
-            [parse_target(a) for a in p.addresses],
-            defs,
-            RunOptions(connect_timeout=5.0, timeout=10.0),
-            Limits(concurrency=8, per_host=1),
-        )
+        session = session_for(p, Limits(concurrency=8, per_host=1), defs=defs)
         seen: list[CheckResult] = []
 
         async def main() -> RunReport:

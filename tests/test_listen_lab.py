@@ -80,19 +80,8 @@ def rehearsal(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
 @pytest.fixture(scope="module")
 def real_epm(lab: Lab) -> Iterator[None]:
     """The independent scripted Exchange 5.5 endpoint mapper on 10.250.0.2:135."""
-    ports = ",".join(f"{c}={p}" for c, p in RPC_PORTS.items())
-    proc = lab.spawn_srv(
-        [sys.executable, "-m", "tests.peers.epm_peer", "--bind", SRV_ADDR, "--port", "135",
-         "--mode", "exchange55", "--ports", ports, "--listeners", "ds,is,mta"],
-        name="listen-lab-epm-peer", cwd=str(REPO_ROOT),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for port in (135, *RPC_PORTS.values()):
-            lab.wait_port(SRV_ADDR, port)
+    with lab.exchange55_epm(RPC_PORTS, name="listen-lab-epm-peer"):
         yield
-    finally:
-        lab.stop(proc)
 
 
 def run_both(lab: Lab, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:

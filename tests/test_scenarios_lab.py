@@ -40,19 +40,8 @@ Firewall = Callable[..., None]
 @pytest.fixture(scope="module")
 def exchange(lab: Lab) -> Iterator[dict[str, int]]:
     """The scripted Exchange 5.5 endpoint mapper on 135 with DS, IS and MTA listeners."""
-    ports = ",".join(f"{c}={p}" for c, p in EPM_PORTS.items())
-    proc = lab.spawn_srv(
-        [sys.executable, "-m", "tests.peers.epm_peer", "--bind", SRV_ADDR, "--port", "135",
-         "--mode", "exchange55", "--ports", ports, "--listeners", "ds,is,mta"],
-        name="scenarios-epm-peer", cwd=str(REPO_ROOT),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for port in (135, *EPM_PORTS.values()):
-            lab.wait_port(SRV_ADDR, port)
+    with lab.exchange55_epm(EPM_PORTS, name="scenarios-epm-peer"):
         yield EPM_PORTS
-    finally:
-        lab.stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -953,6 +953,25 @@ class Lab:
         """Start ``argv`` inside exprobe-srv (e.g. a scripted peer); stopped by ``down()``."""
         return self._spawn(SRV_NS, argv, name, **popen_kwargs)
 
+    @contextlib.contextmanager
+    def exchange55_epm(self, ports: Mapping[str, int], *, name: str) -> Iterator[None]:
+        """The scripted Exchange 5.5 endpoint mapper (tests/peers/epm_peer.py) on
+        SRV_ADDR:135 with DS, IS and MTA listening on ``ports``; entered once all of
+        them accept, stopped on leaving."""
+        proc = self.spawn_srv(
+            [sys.executable, "-m", "tests.peers.epm_peer", "--bind", SRV_ADDR, "--port", "135",
+             "--mode", "exchange55", "--ports", ",".join(f"{c}={p}" for c, p in ports.items()),
+             "--listeners", "ds,is,mta"],
+            name=name, cwd=str(REPO_ROOT),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            for port in (135, *ports.values()):
+                self.wait_port(SRV_ADDR, port)
+            yield
+        finally:
+            self.stop(proc)
+
     def spawn_cli(
         self, argv: Sequence[str], *, name: str | None = None, **popen_kwargs: Any
     ) -> subprocess.Popen[Any]:
