@@ -96,21 +96,46 @@ def exprobe_argv(*args: str) -> list[str]:
     return [python(), "-m", "exprobe", *args]
 
 
-def scenario_sweep(ctx: Context) -> None:
-    say("== 1. connect sweep on loopback: host:port targets on 127.x.y.z, one port open ==")
-    sizes = [1000, 10000] if ctx.quick else [1000, 10000, 50000]
+def sized(
+    ctx: Context,
+    sizes: list[int],
+    one: Callable[[Context, int], list[float]],
+    figure: str,
+    target: str,
+    least: float,
+) -> None:
+    """Run `one` at each size; the largest gives the issue's figure (ratio >= `least`)."""
     for n in sizes:
-        ratios = sweep_size(ctx, n)
+        ratios = one(ctx, n)
         if n == max(sizes):
             ctx.figures.append(
                 Figure(
-                    f"connect sweep {n:,}",
-                    ">= 0.5x nmap -sT -T4 (aim > 1x)",
+                    f"{figure} {n:,}",
+                    target,
                     f"{med(ratios):.2f}x",
-                    bool(ratios) and med(ratios) >= 0.5,
+                    bool(ratios) and med(ratios) >= least,
                 )
             )
     say()
+
+
+def compared(ctx: Context, got: dict[str, list[Run]], n: int, peer: str, key: str) -> list[float]:
+    """Print each tool's summary and exprobe's rate over nmap's, pair by pair; record it."""
+    for name, runs in got.items():
+        say(summary_row(name, runs, n))
+    ratios = pair_ratios(got["exprobe"], got["nmap"])
+    say(
+        f"  exprobe rate / {peer} rate: {med(ratios):.2f}x  "
+        f"(pairs: {', '.join(f'{r:.2f}' for r in ratios) or 'none correct'})"
+    )
+    ctx.record[key] = record_of(got, ratios)
+    return ratios
+
+
+def scenario_sweep(ctx: Context) -> None:
+    say("== 1. connect sweep on loopback: host:port targets on 127.x.y.z, one port open ==")
+    sizes = [1000, 10000] if ctx.quick else [1000, 10000, 50000]
+    sized(ctx, sizes, sweep_size, "connect sweep", ">= 0.5x nmap -sT -T4 (aim > 1x)", 0.5)
 
 
 def sweep_size(ctx: Context, n: int) -> list[float]:
@@ -151,15 +176,7 @@ def sweep_size(ctx: Context, n: int) -> list[float]:
     got = interleaved(
         ctx, [("exprobe", ours), ("nmap", theirs), ("C-epoll", ceiling)], f"{n:,} targets"
     )
-    for name, runs in got.items():
-        say(summary_row(name, runs, n))
-    ratios = pair_ratios(got["exprobe"], got["nmap"])
-    say(
-        f"  exprobe rate / nmap rate: {med(ratios):.2f}x  "
-        f"(pairs: {', '.join(f'{r:.2f}' for r in ratios) or 'none correct'})"
-    )
-    ctx.record[f"sweep-{n}"] = record_of(got, ratios)
-    return ratios
+    return compared(ctx, got, n, "nmap", f"sweep-{n}")
 
 
 # -- scenario 2: banner grab ------------------------------------------------------------------
@@ -168,18 +185,7 @@ def sweep_size(ctx: Context, n: int) -> list[float]:
 def scenario_banner(ctx: Context) -> None:
     say("== 2. banner grab: connect, read the first line, close ==")
     sizes = [1000] if ctx.quick else [1000, 10000]
-    for n in sizes:
-        ratios = banner_size(ctx, n)
-        if n == max(sizes):
-            ctx.figures.append(
-                Figure(
-                    f"banner grab {n:,}",
-                    ">= 3x nmap --script banner",
-                    f"{med(ratios):.2f}x",
-                    bool(ratios) and med(ratios) >= 3,
-                )
-            )
-    say()
+    sized(ctx, sizes, banner_size, "banner grab", ">= 3x nmap --script banner", 3)
 
 
 def banner_size(ctx: Context, n: int) -> list[float]:
@@ -212,15 +218,7 @@ def banner_size(ctx: Context, n: int) -> list[float]:
 
     say(f" {n:,} targets")
     got = interleaved(ctx, [("exprobe", ours), ("nmap", theirs)], f"banner {n:,}")
-    for name, runs in got.items():
-        say(summary_row(name, runs, n))
-    ratios = pair_ratios(got["exprobe"], got["nmap"])
-    say(
-        f"  exprobe rate / nmap --script banner rate: {med(ratios):.2f}x  "
-        f"(pairs: {', '.join(f'{r:.2f}' for r in ratios) or 'none correct'})"
-    )
-    ctx.record[f"banner-{n}"] = record_of(got, ratios)
-    return ratios
+    return compared(ctx, got, n, "nmap --script banner", f"banner-{n}")
 
 
 # -- scenario 4: filtered paths ---------------------------------------------------------------
