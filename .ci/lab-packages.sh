@@ -3,6 +3,10 @@
 # (iptables: its legacy NFQUEUE target feeds tests/lab/netem.py where the kernel
 # has no sch_netem.)
 #
+# From a purged state, in whatever order apt configures the packages: nothing here relies
+# on a file an earlier, hand-made state left behind (postfix is preseeded so that its own
+# postinst writes /etc/postfix/main.cf before inn2's postinst runs newaliases).
+#
 # Idempotent: when every package is already installed and configured and
 # python-snap7 is importable, it does nothing but say so (set LAB_FORCE_APT=1 to
 # run apt anyway). It also repairs the state a plain `apt-get install inn2` leaves
@@ -10,7 +14,10 @@
 set -euo pipefail
 
 PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-utils
-          inn2 samba openssl tdb-tools tmux prometheus iptables)
+          inn2 samba openssl tdb-tools tmux prometheus iptables
+          # systemd: systemd-analyze checks the sample units (tests/test_monitoring_examples.py);
+          # libsasl2-modules: postfix's SASL client/server plugins on a minimal Debian.
+          systemd libsasl2-modules util-linux)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"
 APT_OPTS=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
           -o Dpkg::Options::=--force-confold --no-install-recommends)
@@ -52,6 +59,24 @@ fix_inn_conf() {
     fi
 }
 
+# Postfix installed but without /etc/postfix/main.cf (a "No configuration" install, or
+# /etc/postfix removed by hand): newaliases, which inn2's postinst runs, then fails with
+# "open /etc/postfix/main.cf: No such file or directory". Put Debian's default back.
+fix_postfix_main_cf() {
+    [ -e /etc/postfix/main.cf ] && return 0
+    [ -x /usr/sbin/postconf ] || return 0
+    mkdir -p /etc/postfix
+    if [ -f /usr/share/postfix/main.cf.debian ]; then
+        cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
+    else
+        : >/etc/postfix/main.cf
+    fi
+    postconf -e 'myhostname = mail.lab.test' 'mydestination = localhost' \
+        'inet_interfaces = loopback-only' 'alias_maps = hash:/etc/aliases' \
+        'alias_database = hash:/etc/aliases'
+    log "postfix fix-up: wrote /etc/postfix/main.cf (it was missing)"
+}
+
 # Keep postinst scripts from starting daemons on the host (there is no init here;
 # the lab starts its own daemons in a namespace). Only if no policy exists already.
 POLICY=/usr/sbin/policy-rc.d
@@ -67,20 +92,27 @@ if [ "${#MISSING[@]}" -gt 0 ] || [ "${LAB_FORCE_APT:-0}" = 1 ]; then
     fi
     # postfix and slapd ask debconf questions; the lab writes its own configs.
     debconf-set-selections <<'SEL'
-postfix postfix/main_mailer_type select No configuration
+postfix postfix/main_mailer_type select Local only
 postfix postfix/mailname string mail.lab.test
+postfix postfix/destinations string localhost
 slapd slapd/no_configuration boolean true
 slapd shared/organization string lab.test
 slapd slapd/domain string lab.test
+krb5-config krb5-config/default_realm string LAB.TEST
+krb5-config krb5-config/add_servers_realm string LAB.TEST
+krb5-config krb5-config/add_servers boolean false
+krb5-config krb5-config/read_conf boolean true
 SEL
     # A previous run may have left inn2 unpacked but unconfigured: repair first,
     # otherwise apt refuses to do anything until `dpkg --configure -a` succeeds.
     fix_inn_conf
+    fix_postfix_main_cf
     dpkg --configure -a --force-confdef --force-confold || true
     apt-get -q -o DPkg::Lock::Timeout=300 update
     if ! apt-get install "${APT_OPTS[@]}" "${PACKAGES[@]}"; then
-        log "apt-get install failed; applying the inn2 fix-up and retrying the configuration"
+        log "apt-get install failed; applying the fix-ups and retrying the configuration"
         fix_inn_conf
+        fix_postfix_main_cf
         dpkg --configure -a --force-confdef --force-confold
         apt-get install "${APT_OPTS[@]}" "${PACKAGES[@]}"
     fi
