@@ -32,6 +32,15 @@ def exprobe(
     )
 
 
+def readme_commands() -> list[str]:
+    """README.md's two set-up commands (demo, tests), parsed by .ci/readme_commands.py."""
+    import runpy
+
+    module = runpy.run_path(str(ROOT / ".ci" / "readme_commands.py"))
+    commands: list[str] = module["readme_commands"]((ROOT / "README.md").read_text())
+    return commands
+
+
 @functools.cache
 def _validator() -> Any:
     import jsonschema

@@ -49,14 +49,9 @@ LIFETIME = 10.0  # seconds a test may reasonably take; the server thread stops a
 
 
 def _loops() -> list[Any]:
-    loops: list[Any] = [pytest.param(None, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is installed in CI
-        loops.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
-    else:
-        loops.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return loops
+    import uvloop  # the `fast` extra, which .ci/run installs
+
+    return [pytest.param(None, id="asyncio"), pytest.param(uvloop.new_event_loop, id="uvloop")]
 
 
 LOOPS = _loops()

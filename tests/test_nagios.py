@@ -231,7 +231,8 @@ def _tls_banner_server(certfile: str, keyfile: str) -> tuple[socket.socket, int]
 
 
 def test_cli_warning_exit_1_for_an_untrusted_certificate(tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme
+
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))

@@ -116,8 +116,7 @@ def test_shared_address_and_hostile_label_values() -> None:
 @pytest.fixture(scope="module")
 def promtool() -> str:
     path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package prometheus; .ci/lab-packages.sh)")
+    assert path is not None, "promtool missing: Debian package prometheus (.ci/lab-packages.sh)"
     return path
 
 

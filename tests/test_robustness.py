@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import ROOT, LoopbackServer, exprobe, validate_report
 
 
-@pytest.mark.skipif(shutil.which("prlimit") is None, reason="util-linux prlimit missing")
 def test_low_open_file_limit_caps_concurrency_and_every_check_completes() -> None:
     # Bound to the wildcard so that every 127.x.y.z reaches it; only loopback connects.
     with LoopbackServer(host="0.0.0.0") as srv:
