@@ -3,7 +3,8 @@
 `diff_reports(before, after)` compares two `--format json` reports (as dicts) and returns
 `Changes`: scenario verdicts that flipped, checks whose status or port state changed,
 targets and addresses that appeared or vanished, and endpoint-mapper ports that moved
-(derived checks matched by parent check and `facts.component`, their ports compared).
+(derived checks matched by parent check and `facts.component`, their ports compared),
+and, for checks traced in both (`--trace`), a break that moved to another hop.
 
 What counts as a *regression* (exit 1): a scenario that passed and now fails; a target
 that resolved and now does not; and, for targets without scenario verdicts (ad hoc
@@ -34,7 +35,7 @@ DIRECTIONS = ("regression", "worse", "fix", "better", "changed", "moved", "appea
 class Change:
     """One difference between the reports."""
 
-    what: str  # "scenario" | "check" | "endpoint" | "target" | "address"
+    what: str  # "scenario" | "check" | "endpoint" | "hop" | "target" | "address"
     direction: str  # one of DIRECTIONS
     target: str
     address: str | None
@@ -211,7 +212,7 @@ def diff_reports(before: dict[str, Any], after: dict[str, Any]) -> Changes:
     for name in [n for n in a_targets if n in b_targets]:
         items.extend(_diff_target(b_targets[name], a_targets[name]))
     order = {d: i for i, d in enumerate(DIRECTIONS)}
-    kinds = {"scenario": 0, "target": 1, "endpoint": 2, "check": 3, "address": 4}
+    kinds = {"scenario": 0, "target": 1, "endpoint": 2, "check": 3, "hop": 4, "address": 5}
     items.sort(
         key=lambda c: (not c.regression, order[c.direction], kinds[c.what], c.target,
                        c.address or "", c.item)
@@ -355,6 +356,11 @@ def _diff_checks(
     out: list[Change] = []
     for key in sorted(bm.keys() & am.keys(), key=_sort_key):
         br, ar = bm[key], am[key]
+        b_brk, a_brk = _break_text(br), _break_text(ar)
+        if b_brk is not None and a_brk is not None and b_brk != a_brk:
+            brk = (ar.get("trace") or {}).get("break") or {}
+            out.append(Change("hop", "moved", target, key[0], _check_item(ar), b_brk, a_brk,
+                              str(brk.get("summary") or "no break now")))  # fmt: skip
         if _state(br) == _state(ar):
             continue
         item = _check_item(ar)
@@ -379,6 +385,22 @@ def _diff_checks(
         out.append(Change("check", "vanished", target, key[0], _check_item(br), _state(br),
                           None))
     return out
+
+
+def _break_text(r: dict[str, Any]) -> str | None:
+    """Where a traced check's path breaks ("drop at hop 2 (10.1.0.1)", "no break"); None
+    when the check was not traced (then nothing is compared)."""
+    trace = r.get("trace")
+    if not isinstance(trace, dict) or "break" not in trace:
+        return None
+    brk = trace["break"]
+    if not isinstance(brk, dict):
+        return "no break"
+    hop, addr = brk.get("hop"), brk.get("address")
+    where = f"hop {hop}" if hop is not None else "an unknown hop"
+    if addr:
+        where += f" ({addr})"
+    return f"{brk.get('kind')} at {where}"
 
 
 def _check_item(r: dict[str, Any]) -> str:

@@ -174,6 +174,7 @@ def evaluate(report: RunReport, *, verbose: bool = False) -> Verdict:
     if warnings:
         v.raise_to(WARNING)
         v.lines += [f"WARN {clean(w)}" for w in warnings]
+    v.lines += hop_lines(results)
 
     summary = base
     if problems:
@@ -186,6 +187,23 @@ def evaluate(report: RunReport, *, verbose: bool = False) -> Verdict:
             summary += f": {clean(warnings[0], 160)}"
     v.summary = summary
     return v
+
+
+def hop_lines(results: list[CheckResult]) -> list[str]:
+    """`HOP smtp 10.0.0.5:25 drop at hop 2 (10.1.0.1), exact: dropped by ...` for each
+    traced check whose path breaks (--trace)."""
+    lines = []
+    for r in results:
+        brk = (r.trace or {}).get("break")
+        if not isinstance(brk, dict):
+            continue
+        where = f"hop {brk.get('hop')}" if brk.get("hop") is not None else "an unknown hop"
+        if brk.get("address"):
+            where += f" ({brk['address']})"
+        sure = "exact" if brk.get("exact") else "ambiguous"
+        lines.append(f"HOP {clean(r.id)} {clean(_where(r))}:{r.port} {clean(brk.get('kind'))}"
+                     f" at {clean(where)}, {sure}: {clean(brk.get('summary'))}")  # fmt: skip
+    return lines
 
 
 def _expected(e: dict[str, object]) -> str:

@@ -12,6 +12,7 @@ so `exprobe_check_status{status="connection-timeout"} == 1` alerts without churn
     exprobe_check_port_state{state=...}   one-hot over open, closed, filtered, unknown
     exprobe_check_warnings                number of warnings
     exprobe_cert_expiry_timestamp_seconds certificate notAfter (per target, address, port, check)
+    exprobe_breaks_at_hop{kind,hop_address,exact}  the hop where a traced port's path breaks
     exprobe_scenario_pass                 1 when the scenario passes (target, address, scenario)
     exprobe_expectation_met               1 when met (target, address, expectation, kind, item)
     exprobe_run_duration_seconds, exprobe_run_timestamp_seconds, exprobe_run_interrupted
@@ -88,6 +89,12 @@ def families(report: RunReport, *, probe: bool = False) -> Iterator[Any]:
         "When the server's certificate expires (notAfter), Unix time.",
         labels=CERT_LABELS,
     )
+    hops = GaugeMetricFamily(
+        "exprobe_breaks_at_hop",
+        "The hop (TTL distance) where the path to the check's port breaks (--trace); 0 when"
+        " the hop is unknown. Absent when not traced or not broken.",
+        labels=[*CHECK_LABELS, "kind", "hop_address", "exact"],
+    )
     seen: set[tuple[str, ...]] = set()
     seen_cert: set[tuple[str, ...]] = set()
     for t in report.targets:
@@ -107,7 +114,15 @@ def families(report: RunReport, *, probe: bool = False) -> Iterator[Any]:
             if expiry is not None and labels[:4] not in seen_cert:
                 seen_cert.add(labels[:4])
                 cert.add_metric(labels[:4], expiry)
+            brk = (r.trace or {}).get("break")
+            if isinstance(brk, dict):
+                hop = brk.get("hop")
+                extra = (str(brk.get("kind")), str(brk.get("address") or ""),
+                         "true" if brk.get("exact") else "false")  # fmt: skip
+                hops.add_metric((*labels, *extra), float(hop) if isinstance(hop, int) else 0.0)
     yield from (success, duration, status, state, warnings, cert)
+    if hops.samples:  # only runs with --trace have it
+        yield hops
 
     scenario = GaugeMetricFamily(
         "exprobe_scenario_pass",
