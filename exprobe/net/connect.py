@@ -31,6 +31,10 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
 # Linux queues the ICMP error that ended a connect, with its sender, for a socket that
 # asks (IP_RECVERR): no raw socket, no privilege.  Elsewhere hops cannot be named.
 HOPS_SUPPORTED = sys.platform.startswith("linux")
+_RECVERR: dict[int, tuple[int, int]] = {
+    socket.AF_INET: (socket.IPPROTO_IP, icmperr.IP_RECVERR),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, icmperr.IPV6_RECVERR),
+}
 
 
 def _family(address: str) -> int:
@@ -42,16 +46,6 @@ def _bind_source(sock: _socket.socket, source: str) -> None:
         with contextlib.suppress(OSError):  # not Linux: a port per bound socket, as before
             sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
     sock.bind((source, 0))
-
-
-def _ask_for_errors(sock: Any, family: int) -> None:
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, icmperr.IPV6_RECVERR, 1)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, icmperr.IP_RECVERR, 1)
-    except OSError:
-        pass
 
 
 def set_ttl(sock: Any, family: int, ttl: int) -> None:
@@ -123,7 +117,8 @@ def start_connect(
     try:
         sock.setblocking(False)
         if HOPS_SUPPORTED:
-            _ask_for_errors(sock, family)
+            level, option = _RECVERR[family]
+            sock.setsockopt(level, option, 1)
         if ttl is not None:
             set_ttl(sock, family, ttl)
         if source:
