@@ -194,3 +194,13 @@ def test_both_event_loops(rules: HopLab, loop: str, family: int) -> None:
 
 def test_ns_argv_is_the_lab_client() -> None:
     assert ns_argv("cli", ["true"]) == ["ip", "netns", "exec", "xphop-cli", "true"]
+
+
+def test_watch_shows_where_it_breaks(rules: HopLab) -> None:
+    rules.set_rule("r2", "drop", FILTERED)
+    proc = rules.cli(["env", "COLUMNS=200", "NO_COLOR=1", sys.executable, "-m", "exprobe",
+                      "watch", SERVER[4], "--port", str(REFERENCE), "--port", str(FILTERED),
+                      "--trace", "--max-runs", "1", "--connect-timeout", "1"])  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if f"tcp:{FILTERED}" in ln)
+    assert f"connection-timeout/filtered, drop at hop 2 ({HOPS[4][1]})" in row
