@@ -28,8 +28,12 @@ command -v debootstrap >/dev/null || {
 exec 9>/var/lock/exprobe-fresh-root.lock
 flock -n 9 || { log "another fresh-root run holds /var/lock/exprobe-fresh-root.lock"; exit 1; }
 # The lab's veth pairs are made in the machine's own network namespace: no other lab run now.
-exec 8>/tmp/exprobe-lab.lock
-flock -w 1800 8 || { log "the test lab is busy (/tmp/exprobe-lab.lock)"; exit 1; }
+# (EXPROBE_LAB_LOCK_HELD=1: the caller holds /tmp/exprobe-lab.lock already, e.g. under
+# `flock /tmp/exprobe-lab.lock ...`; a second flock on it would wait for ever.)
+if [ "${EXPROBE_LAB_LOCK_HELD:-0}" != 1 ]; then
+    exec 8>/tmp/exprobe-lab.lock
+    flock -w 1800 8 || { log "the test lab is busy (/tmp/exprobe-lab.lock)"; exit 1; }
+fi
 
 if [ -z "${MIRROR:-}" ]; then
     MIRROR=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)$/\1/p' \
