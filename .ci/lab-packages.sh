@@ -84,6 +84,8 @@ POLICY_CREATED=0
 cleanup() { if [ "$POLICY_CREATED" = 1 ]; then rm -f "$POLICY"; fi; }
 trap cleanup EXIT
 
+# Also when every package is installed: a postfix without main.cf breaks the next apt run.
+fix_postfix_main_cf
 mapfile -t MISSING < <(missing_packages)
 if [ "${#MISSING[@]}" -gt 0 ] || [ "${LAB_FORCE_APT:-0}" = 1 ]; then
     log "to install or repair: ${MISSING[*]:-(forced)}"
@@ -101,6 +103,8 @@ slapd slapd/domain string lab.test
 krb5-config krb5-config/default_realm string LAB.TEST
 krb5-config krb5-config/add_servers_realm string LAB.TEST
 krb5-config krb5-config/add_servers boolean false
+krb5-config krb5-config/kerberos_servers string localhost
+krb5-config krb5-config/admin_server string localhost
 krb5-config krb5-config/read_conf boolean true
 SEL
     # A previous run may have left inn2 unpacked but unconfigured: repair first,
