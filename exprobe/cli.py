@@ -233,8 +233,28 @@ def register_commands(argv: list[str]) -> None:
         import exprobe.commands  # the module registered another name: all of them
 
 
+# Options whose value may be left out: `--trace` means `--trace failing`.  (Click's
+# optional-value options do not survive typer; so the argv is completed before parsing.)
+OPTIONAL_VALUES = {"--trace": (("failing", "all"), "failing")}
+
+
+def complete_optional_values(argv: list[str]) -> list[str]:
+    """`--trace` not followed by one of its values becomes `--trace=failing`."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        spec = OPTIONAL_VALUES.get(arg)
+        if spec is not None and (i + 1 >= len(argv) or argv[i + 1] not in spec[0]):
+            out.append(f"{arg}={spec[1]}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
+    sys.argv[1:] = complete_optional_values(sys.argv[1:])
     register_commands(sys.argv[1:])
 
     if wants_nagios(sys.argv[1:]):

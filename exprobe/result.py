@@ -39,6 +39,7 @@ class CheckResult:
     transcript: tuple[str, ...] = ()
     parent: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    trace: dict[str, Any] | None = None  # the hop trace to this port (--trace)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +72,8 @@ class CheckResult:
             d["parent"] = self.parent
         if self.labels:
             d["labels"] = self.labels
+        if self.trace is not None:
+            d["trace"] = self.trace
         if verbose:
             d["steps"] = list(self.steps)
             d["transcript"] = list(self.transcript)
@@ -186,6 +189,11 @@ class RunReport:
                     seen.add(id(r))
                     out.append(r)
         return out
+
+    def replace_results(self, new: dict[int, CheckResult]) -> None:
+        """Swap results (keyed by `id()` of the old object) wherever a target holds them."""
+        for t in self.targets:
+            t.results = [new.get(id(r), r) for r in t.results]
 
     def all_verdicts(self) -> list[ScenarioVerdict]:
         return [v for t in self.targets for v in t.scenarios]

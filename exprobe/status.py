@@ -11,6 +11,7 @@ import errno
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -47,6 +48,7 @@ class Classified:
     port_state: PortState
     reason: str
     errno_name: str | None = None
+    icmp: dict[str, Any] | None = None  # the ICMP error behind it, with its sender
 
 
 # ICMP unreachable / administratively prohibited arrive as these errnos on Linux
@@ -71,6 +73,9 @@ def classify_connect_error(exc: BaseException) -> Classified:
     """Map an exception raised while opening a TCP connection."""
     if isinstance(exc, TimeoutError):
         return Classified(Status.CONNECTION_TIMEOUT, PortState.FILTERED, "no answer to SYN")
+    icmp = getattr(exc, "icmp", None)  # exprobe.net.connect.failed: who sent which ICMP error
+    if icmp is not None:
+        return _classify_icmp(exc, icmp)
     if isinstance(exc, ConnectionRefusedError):
         return Classified(
             Status.CONNECTION_REFUSED, PortState.CLOSED, "refused (RST)", "ECONNREFUSED"
@@ -101,6 +106,27 @@ def classify_connect_error(exc: BaseException) -> Classified:
             )
         return Classified(Status.UNREACHABLE, PortState.UNKNOWN, f"connect failed ({name})", name)
     return Classified(Status.INTERNAL_ERROR, PortState.UNKNOWN, f"{type(exc).__name__}: {exc}")
+
+
+def _classify_icmp(exc: BaseException, icmp: Any) -> Classified:
+    """A connect ended by an ICMP error whose sender the kernel named: the same status as
+    its errno alone gives, and the reason says which hop sent what."""
+    base = classify_connect_error(_plain(exc))
+    said = icmp.describe()
+    if base.status is Status.CONNECTION_REFUSED:
+        # ICMP port-unreachable (nft's default `reject`), not a RST: nmap calls it filtered.
+        reason = f"refused ({said})"
+        state = PortState.FILTERED
+    else:
+        reason = f"unreachable ({said}, {base.errno_name})"
+        state = base.port_state
+    return Classified(base.status, state, reason, base.errno_name, icmp.to_dict())
+
+
+def _plain(exc: BaseException) -> BaseException:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror)
+    return exc
 
 
 def classify_io_error(exc: BaseException) -> Classified:

@@ -63,19 +63,29 @@ def test_each_firewall_action_has_its_status_and_nmap_agrees(
     }
     icmp = next(r for r in report["targets"][0]["results"] if r["port"] == 143)
     assert icmp["facts"]["errno"] == "EHOSTUNREACH"
+    # The kernel named the ICMP error's sender (IP_RECVERR): the server's own firewall.
+    assert icmp["facts"]["icmp"] == {"type": 3, "code": 13, "name": "admin-prohibited",
+                                     "family": 4, "from": SRV_ADDR, "errno": "EHOSTUNREACH"}
+    assert icmp["message"] == (
+        f"unreachable (admin-prohibited (ICMP 3/13) from {SRV_ADDR}, EHOSTUNREACH)")
     nmap = nmap_states(lab, SRV_ADDR, ports)
     assert nmap == {p: state for p, (_s, state, _f) in got.items()}
 
 
 def test_ipv6_through_the_firewall(lab: Lab, fw: Callable[..., None]) -> None:
-    fw(drop=[110])
+    fw(drop=[110], icmp=[389])
     code, report = exprobe_json(
-        lab, "run", f"[{SRV_ADDR6}]:110", f"[{SRV_ADDR6}]:143", "--connect-timeout", "1"
+        lab, "run", f"[{SRV_ADDR6}]:110", f"[{SRV_ADDR6}]:143", f"[{SRV_ADDR6}]:389",
+        "--connect-timeout", "1",
     )
     assert code == 1
     got = {r["port"]: r["status"] for t in report["targets"] for r in t["results"]}
-    assert got == {110: "connection-timeout", 143: "success"}
-    assert nmap_states(lab, SRV_ADDR6, [110, 143]) == {110: "filtered", 143: "open"}
+    assert got == {110: "connection-timeout", 143: "success", 389: "unreachable"}
+    icmp = next(r for t in report["targets"] for r in t["results"] if r["port"] == 389)
+    assert icmp["facts"]["icmp"] == {"type": 1, "code": 1, "name": "admin-prohibited",
+                                     "family": 6, "from": SRV_ADDR6, "errno": "EACCES"}
+    assert nmap_states(lab, SRV_ADDR6, [110, 143, 389]) == {
+        110: "filtered", 143: "open", 389: "filtered"}
 
 
 def test_retries_apply_to_connect_timeouts_only(lab: Lab, fw: Callable[..., None]) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES = ("run", "check", "epm", "profiles", "diff", "watch", "listen", "demo", "serve")
+COMMAND_MODULES = ("run", "check", "epm", "profiles", "diff", "watch", "listen", "demo", "serve",
+                   "trace")
 
 for _name in COMMAND_MODULES:
     try:

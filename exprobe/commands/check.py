@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -10,11 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from exprobe.cli import app, family_of, make_console, run_async
-from exprobe.commands.common import EngineArgs, parse_check_option
+from exprobe.commands.common import EngineArgs, parse_check_option, trace_options
+from exprobe.commands.run import MaxHopsOpt, ResolveHopsOpt, TraceOpt
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.report.safe import printable
-from exprobe.report.table import state_text, status_text
+from exprobe.report.table import state_text, status_text, traces_group
 from exprobe.result import CheckResult
 from exprobe.targets import parse_target
 
@@ -61,6 +63,9 @@ def check(
         list[str] | None,
         typer.Option("--set", help="Probe parameter PARAM=VALUE (repeatable), e.g. --set bind_dn=cn=x,dc=y.", show_default=False),
     ] = None,
+    trace: TraceOpt = None,
+    max_hops: MaxHopsOpt = 30,
+    resolve_hops: ResolveHopsOpt = False,
 ) -> None:
     """Run one check and show every step, the transcript and the facts."""
     if fmt not in ("table", "json"):
@@ -84,8 +89,13 @@ def check(
         verbose=True,
         per_host=4,
     ).build(1024)
-    session = Session([target], [definition], opts, limits, family_of(ipv4, ipv6))
+    tracing = trace_options(trace, max_hops, resolve_hops, opts)
+    session = Session(
+        [target], [definition], opts, limits, family_of(ipv4, ipv6), trace=tracing
+    )
     report = run_async(session.run())
+    for note in session.notes:
+        print(f"exprobe: {note}", file=sys.stderr)
     results = report.all_results()
     if fmt == "json":
         print(json.dumps(report.to_dict(verbose=True), indent=2, ensure_ascii=False, default=str))
@@ -93,6 +103,9 @@ def check(
         console = make_console(no_color)
         for r in results:
             show_result(console, r)
+        traces = traces_group(results)
+        if traces is not None:
+            console.print(traces)
         if not results and report.targets and report.targets[0].error:
             console.print(Text(printable(report.targets[0].error), style="magenta"))
     ok = bool(results) and all(r.ok for r in results)

@@ -10,8 +10,10 @@ from typing import Any
 from exprobe.engine.plan import CheckDef, adhoc_id
 from exprobe.engine.runner import RunOptions
 from exprobe.engine.scheduler import Limits
+from exprobe.engine.tracing import MODES, TraceOptions
 from exprobe.errors import InputError
 from exprobe.net.tls import TlsOptions
+from exprobe.net.trace import MAX_HOPS
 from exprobe.probes import get as get_probe
 from exprobe.probes import load_all
 from exprobe.probes.base import TLS_MODES, make_params
@@ -94,6 +96,23 @@ def validate_source(source: str | None) -> None:
             raise InputError(
                 f"--source {source}: not an address of this machine ({exc.strerror})"
             ) from None
+
+
+def trace_options(
+    mode: str | None, max_hops: int, resolve_hops: bool, opts: RunOptions
+) -> TraceOptions | None:
+    """`--trace [failing|all]`, `--max-hops`, `--resolve-hops`, validated."""
+    if mode is None:
+        if resolve_hops:
+            raise InputError("--resolve-hops needs --trace")
+        return None
+    if mode not in MODES:
+        raise InputError(
+            f"--trace {mode!r}: expected failing or all (give targets before --trace)"
+        )
+    if not 1 <= max_hops <= MAX_HOPS:
+        raise InputError(f"--max-hops {max_hops}: outside 1-{MAX_HOPS}")
+    return TraceOptions(mode, max_hops, resolve_hops, opts.connect_timeout, opts.source)
 
 
 @dataclass(slots=True)

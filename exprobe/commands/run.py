@@ -20,7 +20,7 @@ from exprobe.cli import (
     raise_nofile_limit,
     run_async,
 )
-from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets
+from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets, trace_options
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.report import render, status_exit_code
@@ -133,6 +133,19 @@ YesOpt = Annotated[
         help="Consent to large scans (> 65,536 addresses, public ranges wider than /24).",
     ),
 ]
+TraceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trace",
+        help="Locate the breaking hop: a TCP trace to the port of each failing check"
+        " (`--trace all`: every check).",
+        show_default=False,
+    ),
+]
+MaxHopsOpt = Annotated[int, typer.Option("--max-hops", help="Longest trace (TTL), with --trace.")]
+ResolveHopsOpt = Annotated[
+    bool, typer.Option("--resolve-hops", help="Reverse DNS names of the hops, with --trace.")
+]
 NoColorOpt = Annotated[
     bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
 ]
@@ -190,6 +203,9 @@ def run(
         ),
     ] = None,
     yes: YesOpt = False,
+    trace: TraceOpt = None,
+    max_hops: MaxHopsOpt = 30,
+    resolve_hops: ResolveHopsOpt = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -258,6 +274,7 @@ def run(
         port_offset=port_offset,
     )
     opts, limits = engine.build(fd_limit)
+    tracing = trace_options(trace, max_hops, resolve_hops, opts)
     session = Session(
         target_list,
         defs,
@@ -265,11 +282,18 @@ def run(
         limits,
         family,
         keep_results=not (
-            fmt == "jsonl" and not scenarios and expectations is None and before is None
+            fmt == "jsonl"
+            and not scenarios
+            and expectations is None
+            and before is None
+            and tracing is None
         ),
+        trace=tracing,
     )
     session.report.profile = profile_info
     report, signum = execute(session, fmt=fmt, output=output, verbose=verbose, no_color=no_color)
+    for note in session.notes:
+        print(f"exprobe: {note}", file=sys.stderr)
 
     if scenarios:
         from exprobe.engine.evaluate import evaluate
@@ -282,13 +306,17 @@ def run(
         render_to_terminal(report, verbose, no_color)
     elif fmt != "jsonl":
         emit(render(fmt, report, verbose=verbose), output)
-    elif scenarios or expectations is not None:
+    elif scenarios or expectations is not None or tracing is not None:
         with (
             Path(output).open("a", encoding="utf-8")
             if output
             else contextlib.nullcontext(sys.stdout) as out
         ):
             writer = JsonLinesWriter(out)
+            for r in report.all_results():
+                if r.trace is not None:
+                    writer.record("trace", {"id": r.id, "target": r.target,
+                                            "address": r.address, **r.trace})  # fmt: skip
             for t in report.targets:
                 for v in t.scenarios:
                     writer.record("scenario", {"target": t.target, **v.to_dict()})

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from exprobe.cli import app, family_of, make_console, raise_nofile_limit, run_async
-from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets
+from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets, trace_options
 from exprobe.commands.run import (
     CaFileOpt,
     CertWarnDaysOpt,
@@ -34,12 +34,14 @@ from exprobe.commands.run import (
     ConnectTimeoutOpt,
     Ipv4Opt,
     Ipv6Opt,
+    MaxHopsOpt,
     NoColorOpt,
     PerHostOpt,
     PortOffsetOpt,
     PortOpt,
     ProfileOpt,
     RateOpt,
+    ResolveHopsOpt,
     RetriesOpt,
     ScenarioOpt,
     SetOpt,
@@ -48,6 +50,7 @@ from exprobe.commands.run import (
     TargetsFile,
     TimeoutOpt,
     TlsVerifyOpt,
+    TraceOpt,
     YesOpt,
 )
 from exprobe.engine.session import Session
@@ -374,6 +377,9 @@ def watch(
     cert_warn_days: CertWarnDaysOpt = 14,
     port_offset: PortOffsetOpt = 0,
     yes: YesOpt = False,
+    trace: TraceOpt = None,
+    max_hops: MaxHopsOpt = 30,
+    resolve_hops: ResolveHopsOpt = False,
     no_color: NoColorOpt = False,
 ) -> None:
     """Re-run TARGETS on an interval and show every scenario (or check) live.
@@ -423,6 +429,7 @@ def watch(
             "opts": opts,
             "limits": limits,
             "family": family,
+            "trace": trace_options(trace, max_hops, resolve_hops, opts),
         },
         scenarios=scenarios,
         interval=interval,

@@ -81,7 +81,17 @@ class Atom:
 
 
 def hop_text(r: CheckResult) -> str:
-    """One hop and its outcome in firewall words: "143 filtered (connection-timeout)"."""
+    """One hop and its outcome in firewall words: "143 filtered (connection-timeout)",
+    and where its path breaks when it was traced: "..., dropped by hop 2 (10.1.0.1), the
+    last hop that forwards it; 25 passes there"."""
+    text = _port_text(r)
+    brk = (r.trace or {}).get("break")
+    if isinstance(brk, dict) and brk.get("summary"):
+        text += f", {brk['summary']}"
+    return text
+
+
+def _port_text(r: CheckResult) -> str:
     status = r.status.value
     if r.status is Status.SUCCESS:
         return f"{r.port} open"

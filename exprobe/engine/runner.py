@@ -124,6 +124,8 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
             )
             if classified.errno_name:
                 ctx.facts["errno"] = classified.errno_name
+            if classified.icmp is not None:
+                ctx.facts["icmp"] = classified.icmp
             if phase == "io" and classified.status is Status.CONNECTION_CLOSED:
                 ctx.facts.setdefault(
                     "closed_note",
@@ -211,6 +213,8 @@ async def _connect_check(check: CheckSpec, address: str, opts: RunOptions) -> Ou
     else:
         if classified.errno_name:
             facts["errno"] = classified.errno_name
+        if classified.icmp is not None:
+            facts["icmp"] = classified.icmp
         if trace is not None:
             facts["traceback"] = trace
         status, state, failed_step = classified.status, classified.port_state, "connect"

@@ -39,7 +39,7 @@ class Limits:
     rate: float | None = None  # new connections per second, all addresses together
 
 
-class _RateLimiter:
+class RateLimiter:
     """Spaces connection starts at least 1/rate apart (a token bucket of depth 1)."""
 
     def __init__(self, rate: float) -> None:
@@ -78,7 +78,7 @@ class Pool:
         self._sink = sink
         self._concurrency = max(1, limits.concurrency)
         self._per_host = max(1, limits.per_host)
-        self._limiter = _RateLimiter(limits.rate) if limits.rate else None
+        self._limiter = RateLimiter(limits.rate) if limits.rate else None
         # The first wave of workers: no more than there are checks.
         self._first_wave = min(self._concurrency, expected) if expected else self._concurrency
         self._inflight: dict[str, int] = {}  # address -> checks running against it

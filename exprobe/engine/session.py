@@ -18,6 +18,7 @@ from exprobe.engine.plan import CheckDef, plan
 from exprobe.engine.runner import RunOptions, run_check
 from exprobe.engine.scheduler import Limits, run_pool
 from exprobe.engine.shard import run_sharded, shard_count
+from exprobe.engine.tracing import TraceOptions, trace_report
 from exprobe.probes.base import CheckSpec
 from exprobe.result import CheckResult, RunReport, TargetReport, now_iso
 from exprobe.targets import Resolved, Target, resolve, resolve_literal
@@ -38,6 +39,8 @@ class Session:
     keep_results: bool = True
     report: RunReport = field(default_factory=lambda: RunReport(started_at=now_iso()))
     total_planned: int = 0
+    trace: TraceOptions | None = None  # --trace: the hop phase after the checks
+    notes: list[str] = field(default_factory=list)  # for the user (stderr)
 
     async def resolve_names(self) -> dict[int, Resolved]:
         """The addresses of the targets that are names (by index in `targets`), looked
@@ -74,6 +77,7 @@ class Session:
         }
         by_key: dict[tuple[str | None, str], CheckResult] = {}
         keep = self.keep_results
+        attached = False
         try:
             names = await self.resolve_names()
             source: Callable[[], Iterable[Resolved]]
@@ -118,6 +122,10 @@ class Session:
                     lambda outcome: deliver(outcome.result),
                     expected=self.total_planned,
                 )
+            if self.trace is not None and keep:
+                self._attach(by_key)
+                attached = True
+                self.notes += await trace_report(rep, self.trace, self.limits)
         except asyncio.CancelledError:
             rep.interrupted = True
             task = asyncio.current_task()
@@ -126,7 +134,8 @@ class Session:
                 with contextlib.suppress(AttributeError):
                     task.uncancel()
         finally:
-            self._attach(by_key)
+            if not attached:
+                self._attach(by_key)
             rep.finished_at = now_iso()
             rep.duration_ms = round((time.perf_counter() - t0) * 1000, 3)
         return rep

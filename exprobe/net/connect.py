@@ -15,9 +15,11 @@ import errno
 import os
 import socket
 import struct
-from typing import cast
+import sys
+from typing import Any, cast
 
 from exprobe.net.stream import MAX_LINE, Stream
+from exprobe.wire import icmperr
 
 # SO_LINGER {on, 0 s}: close() sends RST and frees the socket at once (no FIN_WAIT or
 # TIME_WAIT left behind per probe), as nmap's connect scan does.
@@ -26,6 +28,9 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 # run at one ephemeral port per connection across all destinations.
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
+# Linux queues the ICMP error that ended a connect, with its sender, for a socket that
+# asks (IP_RECVERR): no raw socket, no privilege.  Elsewhere hops cannot be named.
+HOPS_SUPPORTED = sys.platform.startswith("linux")
 
 
 def _family(address: str) -> int:
@@ -37,6 +42,40 @@ def _bind_source(sock: _socket.socket, source: str) -> None:
         with contextlib.suppress(OSError):  # not Linux: a port per bound socket, as before
             sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
     sock.bind((source, 0))
+
+
+def _ask_for_errors(sock: Any, family: int) -> None:
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, icmperr.IPV6_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, icmperr.IP_RECVERR, 1)
+    except OSError:
+        pass
+
+
+def set_ttl(sock: Any, family: int, ttl: int) -> None:
+    """The IP TTL (IPv6 hop limit) of the packets `sock` sends."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, icmperr.IPV6_UNICAST_HOPS, ttl)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, icmperr.IP_TTL, ttl)
+
+
+def read_icmp_error(sock: Any) -> icmperr.IcmpError | None:
+    """The newest ICMP error the kernel queued on `sock` (None if none); never blocks,
+    never raises."""
+    found: icmperr.IcmpError | None = None
+    for _ in range(4):  # a retransmitted SYN may have drawn more than one
+        try:
+            _d, ancdata, _f, _a = sock.recvmsg(1, 512, icmperr.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except (OSError, ValueError):
+            break
+        for level, kind, cdata in ancdata:
+            err = icmperr.decode(level, kind, cdata)
+            if err is not None:
+                found = err
+    return found
 
 
 def reset_close(sock: _socket.socket) -> None:
@@ -67,19 +106,26 @@ def _expire(fut: asyncio.Future[None]) -> None:
 
 
 def start_connect(
-    address: str, port: int, source: str | None, *, bare: bool = False
+    address: str, port: int, source: str | None, *, bare: bool = False, ttl: int | None = None
 ) -> tuple[_socket.socket, int]:
     """A new non-blocking socket with its connect() started: `(sock, err)`, err 0 when
     connected already (loopback), EINPROGRESS when the answer is pending (see
     `wait_connected`), another errno when it failed at once.  `bare=True` gives the C
-    socket type without the Python wrapper, for a socket that is only closed again."""
+    socket type without the Python wrapper, for a socket that is only closed again.
+    `ttl` limits how many hops its packets travel (a trace).  Every socket asks for its
+    ICMP errors (see `failed`)."""
+    family = _family(address)
     sock = (
-        _socket.socket(_family(address), socket.SOCK_STREAM)
+        _socket.socket(family, socket.SOCK_STREAM)
         if bare
-        else socket.socket(_family(address), socket.SOCK_STREAM)
+        else socket.socket(family, socket.SOCK_STREAM)
     )
     try:
         sock.setblocking(False)
+        if HOPS_SUPPORTED:
+            _ask_for_errors(sock, family)
+        if ttl is not None:
+            set_ttl(sock, family, ttl)
         if source:
             _bind_source(sock, source)
         err = sock.connect_ex((address, port))
@@ -115,9 +161,17 @@ async def wait_connected(sock: _socket.socket, connect_timeout: float | None) ->
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
-def raise_errno(err: int) -> None:
+def failed(err: int, sock: Any) -> OSError:
+    """The error for a connect that ended with `err`, carrying (as `.icmp`) the ICMP error
+    that caused it, with its sender, when the kernel queued one."""
+    exc = OSError(err, os.strerror(err))  # OSError picks the subclass (refused, ...)
+    exc.icmp = read_icmp_error(sock) if HOPS_SUPPORTED else None  # type: ignore[attr-defined]
+    return exc
+
+
+def raise_errno(err: int, sock: Any) -> None:
     if err:
-        raise OSError(err, os.strerror(err))  # OSError picks the subclass (refused, ...)
+        raise failed(err, sock)
 
 
 async def connect_socket(
@@ -132,7 +186,7 @@ async def connect_socket(
     try:
         if err in _IN_PROGRESS:
             err = await wait_connected(sock, connect_timeout)
-        raise_errno(err)
+        raise_errno(err, sock)
     except BaseException:
         reset_close(sock)
         raise
@@ -150,7 +204,7 @@ async def connect_only(
     try:
         if err in _IN_PROGRESS:
             err = await wait_connected(sock, connect_timeout)
-        raise_errno(err)
+        raise_errno(err, sock)
     finally:
         reset_close(sock)
 

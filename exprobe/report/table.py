@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -49,6 +51,9 @@ def checks_table(results: list[CheckResult], *, verbose: bool = False) -> Table:
         table.add_column(col, no_wrap=col != "detail", overflow="fold")
     for r in results:
         detail = r.message if r.ok or not r.failed_step else f"{r.failed_step}: {r.message}"
+        brk = (r.trace or {}).get("break")
+        if isinstance(brk, dict):
+            detail += f"  → {brk.get('summary')}"
         if r.warnings:
             detail += "  ⚠ " + "; ".join(r.warnings[:2])
         table.add_row(
@@ -149,6 +154,53 @@ def scenarios_table(report: RunReport, *, verbose: bool = False) -> Table | Grou
     return table
 
 
+_REPLY_WORDS = {"hop": "time exceeded", "open": "SYN-ACK", "reset": "RST", "silent": "*"}
+
+
+def hop_line(hop: dict[str, Any]) -> str:
+    """`2  10.1.0.1 (r2.example)  0.4ms  time exceeded` from one trace reply."""
+    reply = str(hop.get("reply"))
+    label = _REPLY_WORDS.get(reply, reply)
+    icmp = hop.get("icmp")
+    if isinstance(icmp, dict):
+        label = f"{icmp.get('name')} (ICMP {icmp.get('type')}/{icmp.get('code')})"
+    addr = hop.get("address") or ""
+    name = f" ({hop['name']})" if hop.get("name") else ""
+    rtt = _ms(hop.get("rtt_ms")) if hop.get("rtt_ms") is not None else ""
+    return f"{hop.get('ttl'):>3}  {addr}{name}  {rtt}  {label}".rstrip()
+
+
+def traces_group(results: list[CheckResult]) -> Group | None:
+    """Each traced port's hops, the reference path's length and the break."""
+    parts: list[Any] = []
+    for r in results:
+        tr = r.trace
+        if not tr:
+            continue
+        head = f"trace to {r.endpoint} ({r.id}, {r.status.value})"
+        if tr.get("error"):
+            parts.append(Text(f"{head}: {printable(str(tr['error']))}", style="yellow"))
+            continue
+        parts.append(Text(head, style="bold"))
+        for hop in tr.get("hops", []):
+            parts.append(Text(printable(hop_line(hop), 200)))
+        ref = tr.get("reference")
+        if isinstance(ref, dict):
+            hops = ref.get("server_hops")
+            far = f"{hops} hops" if hops is not None else "no answer"
+            parts.append(Text(f"  reference: port {ref.get('port')} reaches the server in {far}",
+                              style="dim"))  # fmt: skip
+        brk = tr.get("break")
+        if isinstance(brk, dict):
+            sure = "" if brk.get("exact") else " (ambiguous)"
+            parts.append(Text(printable(f"  break{sure}: {brk.get('summary')}", 300), style="red"))
+            parts.append(Text(printable(f"  evidence: {brk.get('evidence')}", 400), style="dim"))
+        else:
+            parts.append(Text("  no break: the port answers from the server's distance",
+                              style="green"))  # fmt: skip
+    return Group(*parts) if parts else None
+
+
 def render_table(report: RunReport, console: Console, *, verbose: bool = False) -> None:
     """The whole report for a terminal."""
     if report.all_verdicts():
@@ -158,6 +210,10 @@ def render_table(report: RunReport, console: Console, *, verbose: bool = False) 
             console.print(checks_table(report.all_results(), verbose=True))
     else:
         console.print(checks_table(report.all_results(), verbose=verbose))
+    traces = traces_group(report.all_results())
+    if traces is not None:
+        console.print()
+        console.print(traces)
     for t in report.targets:
         if t.error:
             console.print(Text(f"{printable(t.target)}: {printable(t.error)}", style="magenta"))
