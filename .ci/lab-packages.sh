@@ -17,7 +17,10 @@ PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-
           inn2 samba openssl tdb-tools tmux prometheus iptables
           # systemd: systemd-analyze checks the sample units (tests/test_monitoring_examples.py);
           # libsasl2-modules: postfix's SASL client/server plugins on a minimal Debian.
-          systemd libsasl2-modules util-linux)
+          systemd libsasl2-modules util-linux
+          # tests/lab/hoplab.py: sysctl (procps, not in a minimal Debian); test_hops_lab.py
+          # compares its traces with traceroute's.
+          procps traceroute)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"
 APT_OPTS=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
           -o Dpkg::Options::=--force-confold --no-install-recommends)

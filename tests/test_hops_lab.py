@@ -124,8 +124,8 @@ def test_an_inspection_device_that_answers_for_the_server_is_named(
     rules: HopLab, family: int
 ) -> None:
     with rules.intercept("r2", REFERENCE):
-        code, report = exprobe(rules, "run", SERVER[family], "--check", "smtp:25",
-                               "--port", "80", "--trace", "all", "--connect-timeout", "1")  # fmt: skip
+        _code, report = exprobe(rules, "run", SERVER[family], "--check", "smtp:25",
+                                "--port", "80", "--trace", "all", "--connect-timeout", "1")  # fmt: skip
     validate_report(report)
     results = traced(report)
     smtp = results[25]
@@ -166,7 +166,8 @@ def test_tracing_needs_no_privilege(rules: HopLab) -> None:
     drop_all = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
     raw = rules.cli([*drop_all, sys.executable, "-c",
                      "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)"])  # fmt: skip
-    assert raw.returncode == 1 and "PermissionError" in raw.stderr
+    assert raw.returncode == 1
+    assert "PermissionError" in raw.stderr
     rules.set_rule("r1", "drop", FILTERED)
     _code, report = exprobe(rules, "trace", SERVER[4], "--port", str(REFERENCE), "--port",
                             str(FILTERED), "--connect-timeout", "1", wrap=drop_all)  # fmt: skip
