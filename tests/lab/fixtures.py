@@ -22,6 +22,7 @@ from types import FrameType
 
 import pytest
 
+from tests.lab.adlab import AdLab
 from tests.lab.lab import Lab, LabError, preflight
 
 __all__ = ["fw", "lab"]
@@ -75,3 +76,15 @@ def fw(lab: Lab) -> Iterator[Callable[..., None]]:
     lab.set_firewall()
     yield lab.set_firewall
     lab.set_firewall()
+
+
+@pytest.fixture(scope="session")
+def adlab() -> Iterator[AdLab]:
+    """The Samba AD DC lab (tests/lab/adlab.py), up for the whole session; the tests
+    that use it are marked `lab`."""
+    lab = AdLab()
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
