@@ -20,10 +20,12 @@ PROBE_MODULES = (
     "ldap",
     "rfc1006",
     "msrpc",
+    "kerberos",
+    "smb",
 )
 
 # Probes registered by a module of another name.
-_MODULE_OF = {"banner": "tcp", "msrpc-epm": "msrpc", "msrpc-bind": "msrpc"}
+_MODULE_OF = {"banner": "tcp", "msrpc-epm": "msrpc", "msrpc-bind": "msrpc", "ldap-gc": "ldap"}
 
 _loaded = False
 
