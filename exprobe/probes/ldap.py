@@ -8,6 +8,12 @@ Parameters:
         allow_plaintext is true, and never appears in facts, transcript or messages.
     allow_plaintext: permit the authenticated bind without TLS.
     version: 3 (falls back to 2 on protocolError) or 2.
+    ntlm: after the rootDSE (and any bind), a SASL bind whose token is an NTLMSSP
+        NEGOTIATE, to read the NTLM identity from the server's CHALLENGE (Active
+        Directory; no credential is sent, the bind is abandoned at the challenge).
+
+`ldap-gc` is the same probe for an Active Directory Global Catalog: 3268 plain, 3269
+LDAPS (`--tls implicit`); it warns when the rootDSE is not a ready Global Catalog's.
 
 Steps:
     bind       anonymous simple bind, LDAPv3; a protocolError answer is retried as LDAPv2
@@ -15,6 +21,8 @@ Steps:
     rootdse    base "" / scope base / (objectClass=*) search for the rootDSE attributes
     starttls   (tls=starttls) the StartTLS extended operation, then `tls-handshake`
     auth-bind  (bind_dn) simple bind as bind_dn with the password
+    ntlm       (ntlm) SASL bind (NTLM if the rootDSE lists it, else GSS-SPNEGO) with an
+               NTLMSSP NEGOTIATE; the CHALLENGE in serverSaslCreds names the server
     unbind     UnbindRequest, the polite goodbye
 
 A non-zero resultCode ends the check as application-error naming the code
@@ -24,6 +32,7 @@ A non-zero resultCode ends the check as application-error naming the code
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +50,11 @@ from exprobe.wire.ldap import (
     decode_message,
     encode_bind,
     encode_rootdse_search,
+    encode_sasl_bind,
     encode_starttls,
     encode_unbind,
 )
+from exprobe.wire.ntlm import decode_challenge, negotiate_message
 
 REDACTED = "<password redacted>"
 # A rootDSE is a few KiB; pyasn1 needs ~10 ms per KiB of hostile tiny elements, so a
@@ -68,7 +79,26 @@ _SINGLE_FACTS = {
     "vendorName": "vendor_name",
     "vendorVersion": "vendor_version",
     "subschemaSubentry": "subschema_subentry",
+    "serverName": "server_name",
 }
+# Active Directory's functional levels (MS-ADTS 6.1.4.4, msDS-Behavior-Version).
+_LEVEL_FACTS = {
+    "domainFunctionality": "domain_functionality",
+    "forestFunctionality": "forest_functionality",
+    "domainControllerFunctionality": "dc_functionality",
+}
+FUNCTIONAL_LEVELS = {
+    0: "2000",
+    1: "2003 interim",
+    2: "2003",
+    3: "2008",
+    4: "2008 R2",
+    5: "2012",
+    6: "2012 R2",
+    7: "2016",
+    10: "2025",
+}
+CLOCK_SKEW_LIMIT_S = 300  # Kerberos to this DC fails past 5 minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +110,7 @@ class LdapParams(Params):
     password_file: str | None = None
     allow_plaintext: bool = False
     version: int = 3
+    ntlm: bool = False
 
     def __post_init__(self) -> None:
         if self.version not in (2, 3):
@@ -216,8 +247,18 @@ def _clip(value: str) -> str:
     return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "..."
 
 
-def rootdse_facts(entry: Entry) -> dict[str, Any]:
-    """Facts from a rootDSE entry, bounded in count and length."""
+def generalized_time(text: str) -> dt.datetime | None:
+    """An LDAP GeneralizedTime ("20261204013426.0Z") as UTC; None if it is not one."""
+    head = text.strip().removesuffix("Z").split(".")[0]
+    try:
+        return dt.datetime.strptime(head[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def rootdse_facts(entry: Entry, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Facts from a rootDSE entry, bounded in count and length: the generic ones, and
+    Active Directory's (Global Catalog readiness, functional levels, clock skew)."""
     facts: dict[str, Any] = {}
     for attr, fact in _LIST_FACTS.items():
         values = entry.get(attr)
@@ -228,12 +269,46 @@ def rootdse_facts(entry: Entry) -> dict[str, Any]:
         if values:
             facts[fact] = _clip(values[0])
     facts["starttls_offered"] = STARTTLS_OID in entry.get("supportedExtension")
+    ready = entry.get("isGlobalCatalogReady")
+    if ready:
+        facts["global_catalog_ready"] = ready[0].strip().upper() == "TRUE"
+    for attr, fact in _LEVEL_FACTS.items():
+        values = entry.get(attr)
+        if values and values[0].strip().isdigit() and len(values[0].strip()) < 6:
+            level = int(values[0])
+            facts[fact] = level
+            facts[fact + "_name"] = FUNCTIONAL_LEVELS.get(level, f"level {level}")
+    current = entry.get("currentTime")
+    if current:
+        when = generalized_time(current[0])
+        if when is not None:
+            now = now or dt.datetime.now(dt.UTC)
+            facts["server_time"] = when.isoformat(timespec="seconds")
+            facts["clock_skew_s"] = round((when - now).total_seconds(), 1) + 0.0
     return facts
 
 
 _BIND = frozenset({"bindResponse"})
 _SEARCH = frozenset({"searchResEntry", "searchResRef", "searchResDone"})
 _EXTENDED = frozenset({"extendedResp"})
+
+
+@register(
+    "ldap-gc",
+    LdapParams,
+    default_port=3268,
+    tls_ports={"implicit": 3269},
+    summary="Active Directory Global Catalog (LDAP 3268, LDAPS 3269): rootDSE readiness",
+    tls_capable=True,
+)
+async def ldap_gc(stream: Stream, params: LdapParams, ctx: ProbeContext) -> None:
+    """The `ldap` probe against a Global Catalog: warns unless isGlobalCatalogReady."""
+    await ldap(stream, params, ctx)
+    ready = ctx.facts.get("global_catalog_ready")
+    if ready is None:
+        ctx.warn("the rootDSE has no isGlobalCatalogReady: not an Active Directory GC")
+    elif not ready:
+        ctx.warn("isGlobalCatalogReady is FALSE: the GC has not finished its first sync")
 
 
 @register(
@@ -245,7 +320,7 @@ _EXTENDED = frozenset({"extendedResp"})
     tls_capable=True,
 )
 async def ldap(stream: Stream, params: LdapParams, ctx: ProbeContext) -> None:
-    """Anonymous bind, rootDSE, optional StartTLS and simple bind, unbind."""
+    """Anonymous bind, rootDSE, optional StartTLS and simple bind, NTLM identity, unbind."""
     conv = _Conversation(stream)
 
     # 1. anonymous bind, with the LDAPv2 fallback
@@ -284,6 +359,9 @@ async def ldap(stream: Stream, params: LdapParams, ctx: ProbeContext) -> None:
         ctx.warn(f"no rootDSE over LDAPv2 ({reply.result_text})")
     if entry is not None:
         ctx.facts.update(rootdse_facts(entry))
+        skew = ctx.facts.get("clock_skew_s")
+        if skew is not None and abs(skew) > CLOCK_SKEW_LIMIT_S:
+            ctx.warn(f"clock skew {skew:+.0f} s with the directory (Kerberos fails past 300 s)")
     elif reply.result_code == 0:
         ctx.warn("the server returned no rootDSE entry (access control?)")
 
@@ -318,13 +396,41 @@ async def ldap(stream: Stream, params: LdapParams, ctx: ProbeContext) -> None:
             raise ApplicationError(conv.failure(f"bind as {dn} refused", reply))
         ctx.facts["bound_as"] = dn
 
-    # 5. goodbye
+    # 5. NTLM identity
+    if params.ntlm:
+        ctx.step("ntlm")
+        await _ntlm(conv, ctx, version)
+
+    # 6. goodbye
     ctx.step("unbind")
     mid = conv.next_id()
     # An unbind has no answer, and a server that already hung up changes nothing.
     with contextlib.suppress(OSError):
         await conv.send(encode_unbind(mid), f"unbindRequest(id={mid})")
     ctx.summary = _summary(ctx.facts, version, params)
+
+
+async def _ntlm(conv: _Conversation, ctx: ProbeContext, version: int) -> None:
+    """SASL bind with an NTLMSSP NEGOTIATE; the CHALLENGE's identity as facts.  A server
+    that does not answer with a challenge is a warning, not a failure."""
+    offered = ctx.facts.get("supported_sasl_mechanisms") or []
+    # AD and Samba list NTLM and GSS-SPNEGO; both accept a bare NTLMSSP token.
+    mech = "NTLM" if "NTLM" in offered else "GSS-SPNEGO"
+    mid = conv.next_id()
+    await conv.send(
+        encode_sasl_bind(mid, mech, negotiate_message(), version=version),
+        f"bindRequest(id={mid}) SASL {mech} NTLMSSP NEGOTIATE (no credentials)",
+    )
+    reply = await conv.expect(mid, _BIND)
+    creds = reply.server_sasl_creds
+    if reply.result_code != 14 or not creds:
+        ctx.facts["ntlm_offered"] = False
+        ctx.warn(f"no NTLM CHALLENGE to a SASL {mech} bind ({reply.result_text})")
+        return
+    ntlm = decode_challenge(creds).facts()
+    ctx.facts["ntlm_offered"] = True
+    ctx.facts["ntlm_mechanism"] = mech
+    ctx.facts["ntlm"] = ntlm
 
 
 async def _bind(conv: _Conversation, version: int) -> LdapMessage:
@@ -342,6 +448,10 @@ def _summary(facts: dict[str, Any], version: int, params: LdapParams) -> str:
         parts.append(", ".join(contexts[:3]) + (" ..." if len(contexts) > 3 else ""))
     if facts.get("vendor_name"):
         parts.append(str(facts["vendor_name"]))
+    if facts.get("dns_host_name"):
+        parts.append(str(facts["dns_host_name"]))
+    if "global_catalog_ready" in facts:
+        parts.append("GC ready" if facts["global_catalog_ready"] else "GC not ready")
     if params.tls == "starttls":
         parts.append(f"StartTLS {facts.get('tls_version', '')}".strip())
     elif params.tls == "implicit":

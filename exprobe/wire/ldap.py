@@ -38,6 +38,13 @@ ROOTDSE_ATTRIBUTES: tuple[str, ...] = (
     "vendorName",
     "vendorVersion",
     "subschemaSubentry",
+    # Active Directory (MS-ADTS 3.1.1.3.2): a Global Catalog, its levels and its clock.
+    "isGlobalCatalogReady",
+    "domainFunctionality",
+    "forestFunctionality",
+    "domainControllerFunctionality",
+    "serverName",
+    "currentTime",
 )
 
 # RFC 4511 appendix A, plus the codes later RFCs registered (3909, 4370, 4528, 4533).
@@ -147,6 +154,7 @@ class LdapMessage:
     name: str = ""  # bind DN, or a search's baseObject
     auth: str | None = None  # "simple", "sasl", ...
     password: bytes | None = field(default=None, repr=False)
+    server_sasl_creds: bytes | None = None  # bindResponse: a SASL mechanism's answer
     request_name: str | None = None
     attributes: tuple[str, ...] = ()
 
@@ -252,6 +260,22 @@ def encode_bind(
     req["version"] = version
     req["name"] = _utf8(dn)
     req["authentication"]["simple"] = _utf8(password)
+    return _message(message_id, req)
+
+
+def encode_sasl_bind(
+    message_id: int, mechanism: str, credentials: bytes | None = None, *, version: int = 3
+) -> bytes:
+    """A SASL BindRequest (RFC 4513 5.2): `mechanism` with optional `credentials`."""
+    from impacket.ldap import ldapasn1
+
+    req = ldapasn1.BindRequest()
+    req["version"] = version
+    req["name"] = b""
+    sasl = req["authentication"]["sasl"]
+    sasl["mechanism"] = _utf8(mechanism)
+    if credentials is not None:
+        sasl["credentials"] = credentials
     return _message(message_id, req)
 
 
@@ -424,6 +448,8 @@ def _decode(data: bytes) -> LdapMessage:
         out["diagnostic_message"] = _text(op["diagnosticMessage"])
         if op["referral"].isValue:
             out["referrals"] = tuple(_text(u) for u in op["referral"])
+    if op_name == "bindResponse" and op["serverSaslCreds"].isValue:
+        out["server_sasl_creds"] = bytes(op["serverSaslCreds"])
     if op_name == "extendedResp" and op["responseName"].isValue:
         out["response_name"] = _text(op["responseName"])
     # Active Directory puts the responseName of a Notice of Disconnection at the
