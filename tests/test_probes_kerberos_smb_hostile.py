@@ -1,4 +1,4 @@
-"""`kerberos` and `smb` against scripted peers on 127.0.0.1: the unhappy paths.
+"""`kerberos`, `smb` and `ldap`'s AD additions against scripted peers: the unhappy paths.
 
 Each peer plays one misbehaviour (silence, a lying record mark or NetBIOS length, a
 truncated or malformed message, SMB1, a security buffer pointing outside the message,
@@ -13,12 +13,15 @@ import asyncio
 import datetime as dt
 import struct
 import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
 from exprobe.probes.kerberos import KerberosParams, default_realm
+from exprobe.probes.ldap import LdapParams, generalized_time
 from exprobe.probes.smb import SmbParams
 from exprobe.wire import kerberos as k
+from exprobe.wire import ldap as lw
 from exprobe.wire import smb as s
 from exprobe.wire.ntlm import encode_challenge
 from tests.test_probes_ldap_rfc1006_hostile import (
@@ -27,6 +30,7 @@ from tests.test_probes_ldap_rfc1006_hostile import (
     check,
     close_after_request,
     peer,
+    read_ldap,
     reply_once,
     silent,
 )
@@ -277,3 +281,99 @@ async def test_smb_skewed_clock_is_warned() -> None:
     assert len(r.warnings) == 1
     assert r.warnings[0].startswith("clock skew -360")
     assert r.warnings[0].endswith(" s with the server (Kerberos fails past 300 s)")
+
+
+# -- ldap: Active Directory rootDSE facts and the NTLM step ----------------------------
+
+AD_ROOTDSE = {
+    "dnsHostName": ["dc9.corp.example"],
+    "isGlobalCatalogReady": ["FALSE"],
+    "domainFunctionality": ["7"],
+    "forestFunctionality": ["99"],
+    "domainControllerFunctionality": ["abc"],
+    "supportedSASLMechanisms": ["GSSAPI", "GSS-SPNEGO"],
+}
+
+
+def ad_directory(sasl_reply: Callable[[int], bytes], rootdse: dict[str, list[str]]) -> Handler:
+    """A scripted AD rootDSE; a SASL bind is answered with `sasl_reply(message_id)`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(10):
+            msg = await read_ldap(reader)
+            mid = msg.message_id
+            if msg.op == "bindRequest" and msg.auth == "sasl":
+                out = sasl_reply(mid)
+            elif msg.op == "bindRequest":
+                out = lw.encode_bind_response(mid)
+            elif msg.op == "searchRequest":
+                out = lw.encode_search_entry(mid, "", rootdse) + lw.encode_search_done(mid)
+            else:
+                return
+            writer.write(out)
+            await writer.drain()
+
+    return handler
+
+
+def ad_rootdse(shift: float = 0) -> dict[str, list[str]]:
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=shift)
+    return {**AD_ROOTDSE, "currentTime": [when.strftime("%Y%m%d%H%M%S.0Z")]}
+
+
+def challenge_reply(mid: int) -> bytes:
+    token = encode_challenge(netbios_computer="DC9", netbios_domain="CORP",
+                             dns_computer="dc9.corp.example", dns_domain="corp.example")  # fmt: skip
+    return lw.encode_bind_response(mid, 14, sasl_creds=token)
+
+
+async def test_ldap_gc_not_ready_skewed_and_ntlm_over_gss_spnego() -> None:
+    async with peer(ad_directory(challenge_reply, ad_rootdse(-7200))) as port:
+        r = await check("ldap-gc", port, LdapParams(ntlm=True))
+    assert r.status == "success", r.message
+    f = r.facts
+    assert f["global_catalog_ready"] is False
+    assert (f["domain_functionality"], f["domain_functionality_name"]) == (7, "2016")
+    assert (f["forest_functionality"], f["forest_functionality_name"]) == (99, "level 99")
+    assert "dc_functionality" not in f  # "abc" is not a level
+    assert -7202 < f["clock_skew_s"] < -7198
+    assert (f["ntlm_offered"], f["ntlm_mechanism"]) == (True, "GSS-SPNEGO")
+    assert (f["ntlm"]["netbios_computer"], f["ntlm"]["dns_domain"]) == ("DC9", "corp.example")
+    assert len(r.warnings) == 2
+    assert r.warnings[0].startswith("clock skew -7")
+    assert r.warnings[1] == "isGlobalCatalogReady is FALSE: the GC has not finished its first sync"
+
+
+async def test_ldap_ntlm_malformed_challenge_is_protocol_error() -> None:
+    def bad(mid: int) -> bytes:
+        return lw.encode_bind_response(mid, 14, sasl_creds=b"NTLMSSP\x00\x02\x00\x00\x00\xff")
+
+    async with peer(ad_directory(bad, ad_rootdse())) as port:
+        r = await check("ldap", port, LdapParams(ntlm=True))
+    assert (r.status, r.failed_step) == ("protocol-error", "ntlm"), r.message
+
+
+async def test_ldap_ntlm_refused_is_a_warning() -> None:
+    def refused(mid: int) -> bytes:
+        return lw.encode_bind_response(mid, 7, diagnostic="no")
+
+    async with peer(ad_directory(refused, ad_rootdse())) as port:
+        r = await check("ldap", port, LdapParams(ntlm=True))
+    assert r.status == "success"
+    assert r.facts["ntlm_offered"] is False
+    assert r.warnings == ("no NTLM CHALLENGE to a SASL GSS-SPNEGO bind (7 authMethodNotSupported)",)
+
+
+async def test_ldap_gc_on_a_directory_that_is_not_ad() -> None:
+    async with peer(ad_directory(challenge_reply, {"namingContexts": ["dc=x"]})) as port:
+        r = await check("ldap-gc", port, LdapParams())
+    assert r.status == "success"
+    assert r.warnings == ("the rootDSE has no isGlobalCatalogReady: not an Active Directory GC",)
+
+
+def test_generalized_time_accepts_ad_and_refuses_garbage() -> None:
+    assert generalized_time("20261204013426.0Z") == dt.datetime(2026, 12, 4, 1, 34, 26,
+                                                                tzinfo=dt.UTC)  # fmt: skip
+    assert generalized_time("20261204013426Z") is not None
+    assert generalized_time("\x1b[31m") is None
+    assert generalized_time("99999999999999Z") is None

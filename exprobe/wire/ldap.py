@@ -344,13 +344,20 @@ def _fill_result(op: Any, result_code: int, matched_dn: str, diagnostic: str) ->
 
 
 def encode_bind_response(
-    message_id: int, result_code: int = 0, *, matched_dn: str = "", diagnostic: str = ""
+    message_id: int,
+    result_code: int = 0,
+    *,
+    matched_dn: str = "",
+    diagnostic: str = "",
+    sasl_creds: bytes | None = None,
 ) -> bytes:
-    """A BindResponse (server side)."""
+    """A BindResponse (server side), with serverSaslCreds when `sasl_creds` is given."""
     from impacket.ldap import ldapasn1
 
     op = ldapasn1.BindResponse()
     _fill_result(op, result_code, matched_dn, diagnostic)
+    if sasl_creds is not None:
+        op["serverSaslCreds"] = sasl_creds
     return _message(message_id, op)
 
 
