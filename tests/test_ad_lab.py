@@ -207,33 +207,46 @@ def test_smb_negotiate_and_ntlm_identity(adlab: AdLab, family: int) -> None:
     assert r["warnings"] == []
 
 
+def nmap_scripts(out: str) -> dict[str, list[str]]:
+    """nmap's script output as {script: its lines}; the order of the scripts varies."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        top = re.match(r"^\|_? ?([a-z0-9][\w-]*): ?(.*)$", line)
+        if top:
+            current = blocks.setdefault(top.group(1), [])
+            if top.group(2).strip():
+                current.append(top.group(2).strip())
+        elif current is not None and line.startswith("|"):
+            current.append(line[2:].strip())
+        else:
+            current = None
+    return blocks
+
+
 def test_smb_agrees_with_nmap(adlab: AdLab) -> None:
     scripts = "smb2-security-mode,smb-protocols,smb2-capabilities,smb2-time"
     proc = adlab.cli(["nmap", "-Pn", "-n", "-p445", "--script", scripts, DC[4]], timeout=180)
-    out = proc.stdout
+    seen = nmap_scripts(proc.stdout)
     r = check(adlab, "smb", "--set", "ntlm=false")
     f = r["facts"]
     # smb-protocols lists every dialect; the server picks the highest one offered.
-    block = re.search(r"smb-protocols: \n\|   dialects: \n((?:\|[_ ]\s+\d{3}\s*\n)+)", out)
-    assert block is not None, out
-    dialects = re.findall(r"(\d{3})", block.group(1))
-    assert dialects == ["202", "210", "300", "302", "311"]
-    assert f["dialect"].replace(".", "") == dialects[-1] == "311"
-    assert "311: \n|_    Message signing enabled and required" in out
-    assert f["signing_required"] is True
+    assert seen["smb-protocols"] == ["dialects:", "202", "210", "300", "302", "311"], proc.stdout
+    assert f["dialect"] == "3.1.1"
+    assert seen["smb2-security-mode"] == ["311:", "Message signing enabled and required"]
+    assert (f["signing_enabled"], f["signing_required"]) == (True, True)
     # smb2-capabilities for 3.1.1: nmap's names for DFS, LEASING and LARGE_MTU.
-    caps311 = out.split("|   311: ")[1].split("| smb2-time")[0]
-    assert re.findall(r"\|_?\s{4,}(\S.*)", caps311)[:3] == [
+    caps = seen["smb2-capabilities"]
+    assert caps[caps.index("311:") + 1 :] == [
         "Distributed File System",
         "Leasing",
         "Multi-credit operations",
     ]
     assert f["capabilities"] == ["DFS", "LEASING", "LARGE_MTU"]
-    nmap_time = re.search(r"date: (\S+)", out)
-    assert nmap_time is not None
-    seen = dt.datetime.fromisoformat(nmap_time.group(1)).replace(tzinfo=dt.UTC)
+    (date,) = [v.split(": ", 1)[1] for v in seen["smb2-time"] if v.startswith("date: ")]
+    theirs = dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC)
     ours = dt.datetime.fromisoformat(f["server_time"])
-    assert abs((ours - seen).total_seconds()) < 60  # nmap ran first; both read the DC clock
+    assert abs((ours - theirs).total_seconds()) < 60  # nmap ran first; both read the DC clock
 
 
 def test_smb_firewall_drop_is_filtered(fw: AdLab) -> None:
