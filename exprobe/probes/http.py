@@ -104,7 +104,8 @@ def _describe(resp: HttpResponse) -> str:
     who = ex.get("X-FEServer") or ex.get("X-BEServer")
     bits = [b for b in (auth, f"X-FEServer {who}" if who else "") if b]
     extra = f" ({'; '.join(bits)})" if bits else ""
-    return f"{resp.status} {clean(resp.reason, 60)}{extra}"
+    reason = f" {clean(resp.reason, 60)}" if resp.reason else ""
+    return f"{resp.status}{reason}{extra}"
 
 
 @register(

@@ -227,6 +227,8 @@ class WebLab:
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
         self.procs.clear()
         for ns in NS.values():
             _run(["ip", "netns", "del", ns], check=False)
