@@ -89,6 +89,16 @@ def test_http_over_tls_records_status_schemes_headers_certificate(lab: WebLab) -
     assert r["message"] == "HTTP 401 (Negotiate, NTLM; X-FEServer EX1), NTLM ex1.corp.example, " + f["tls_version"]
 
 
+def test_check_view_with_path(lab: WebLab) -> None:
+    proc = lab.cli([sys.executable, "-m", "exprobe", "check", SERVER[4], "http", "--path", "/owa/",
+                    "--tls", "implicit"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["http", "10.252.0.2:443", "open", "success"]
+    assert lines[1].startswith("HTTP 302 (X-FEServer EX1), TLSv1.")
+    assert "  C GET /owa/ HTTP/1.1 (40 bytes)" in lines
+
+
 def test_http_plain_over_ipv6_with_expect_status(lab: WebLab) -> None:
     r = check(lab, "http", PORTS["plain"], "path=/owa/", "expect_status=302", tls=False, host=SERVER[6])
     assert r["status"] == "success"
