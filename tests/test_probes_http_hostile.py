@@ -231,3 +231,24 @@ async def test_windows_vdir_without_ntlm_is_intercepted() -> None:
     assert (res.status.value, res.failed_step) == ("intercepted", "request")
     assert res.message == (
         "intercepted: POST /mapi/emsmdb/ answered 401 without NTLM or Negotiate, which Exchange offers there")
+
+
+async def test_negotiate_only_carries_the_ntlm_token() -> None:
+    """Where only Negotiate is offered, the raw NTLMSSP token goes as `Negotiate <b64>`."""
+    sent: list[bytes] = []
+    connections: list[int] = []
+
+    async def script(r: Reader, w: Writer, p: Peer) -> None:
+        connections.append(1)
+        while req := await head(r):
+            sent.append(req)
+            auth = b"Authorization: Negotiate TlRMTVNTUAAB" in req
+            hdrs = [*EX.headers(), ("WWW-Authenticate", f"Negotiate {EX.challenge()}" if auth else "Negotiate")]
+            w.write(response(401, hdrs))
+            await w.drain()
+
+    async with serving(script) as peer:
+        res = await run("http", peer.port, path="/EWS/Exchange.asmx", ntlm=True)
+    assert res.status.value == "success", res.message
+    assert (res.facts["ntlm"]["scheme"], res.facts["ntlm"]["dns_computer"]) == ("Negotiate", "ex1.corp.example")
+    assert (len(sent), len(connections)) == (2, 1)  # both requests on one connection
