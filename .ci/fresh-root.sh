@@ -11,6 +11,8 @@
 #   FRESH_ROOT=DIR  where to build (default /var/tmp/exprobe-fresh-root); removed at the
 #                   end unless KEEP=1.
 #   MIRROR=URL      Debian mirror (default: the first URIs of this machine's sources).
+#   FRESH_LOG=PATH  the whole output of command N goes to PATH.N (default
+#                   /var/tmp/exprobe-fresh-root.log.N); TAIL=N lines of it are shown.
 # Takes about 6 minutes on 2 cores (docs/lab.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +30,12 @@ command -v debootstrap >/dev/null || {
 exec 9>/var/lock/exprobe-fresh-root.lock
 flock -n 9 || { log "another fresh-root run holds /var/lock/exprobe-fresh-root.lock"; exit 1; }
 # The lab's veth pairs are made in the machine's own network namespace: no other lab run now.
-exec 8>/tmp/exprobe-lab.lock
-flock -w 1800 8 || { log "the test lab is busy (/tmp/exprobe-lab.lock)"; exit 1; }
+# (EXPROBE_LAB_LOCK_HELD=1: the caller holds /tmp/exprobe-lab.lock already, e.g. under
+# `flock /tmp/exprobe-lab.lock ...`; a second flock on it would wait for ever.)
+if [ "${EXPROBE_LAB_LOCK_HELD:-0}" != 1 ]; then
+    exec 8>/tmp/exprobe-lab.lock
+    flock -w 1800 8 || { log "the test lab is busy (/tmp/exprobe-lab.lock)"; exit 1; }
+fi
 
 if [ -z "${MIRROR:-}" ]; then
     MIRROR=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)$/\1/p' \
@@ -112,16 +118,20 @@ envs=(HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
       TERM=dumb)
 while IFS='=' read -r k v; do envs+=("$k=$v"); done < <(env | grep -E '^PIP_' || true)
 chroot "$ROOTFS" /usr/bin/python3 --version
-rc=0
+# The whole output of command N goes to $LOG.N (outside the root, kept); the end is shown.
+LOG=${FRESH_LOG:-/var/tmp/exprobe-fresh-root.log}
+rm -f "$LOG".*
+rc=0 n=0
 for cmd in "${COMMANDS[@]}"; do
     echo "== \$ $cmd"
+    n=$((n + 1))
     t=$(now)
     set +e
     chroot "$ROOTFS" /usr/bin/env -i "${envs[@]}" /bin/bash -c "cd $WORK && $cmd" 2>&1 \
-        | tail -n "${TAIL:-25}"
+        | tee "$LOG.$n" | tail -n "${TAIL:-25}"
     status=${PIPESTATUS[0]}
     set -e
-    echo "== exit $status after $(took "$t") s: $cmd"
+    echo "== exit $status after $(took "$t") s: $cmd  (whole output: $LOG.$n)"
     [ "$status" = 0 ] || rc=$status
 done
 echo "Debian packages in the root: $(chroot "$ROOTFS" dpkg-query -W -f='${db:Status-Abbrev}\n' | grep -c '^ii')"

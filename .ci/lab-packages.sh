@@ -18,8 +18,9 @@ PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-
           # systemd: systemd-analyze checks the sample units (tests/test_monitoring_examples.py);
           # libsasl2-modules: postfix's SASL client/server plugins on a minimal Debian.
           systemd libsasl2-modules util-linux
-          # traceroute, mtr-tiny: tests/test_hops_lab.py and bench/trace_vs_traceroute.py compare with them.
-          traceroute mtr-tiny
+          # tests/lab/hoplab.py: sysctl (procps, not in a minimal Debian); traceroute and
+          # mtr-tiny: test_hops_lab.py and bench/trace_vs_traceroute.py compare with them.
+          procps traceroute mtr-tiny
           # nginx: the TLS front, pool and middleboxes of the web lab (tests/lab/weblab.py).
           nginx)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"
@@ -88,6 +89,8 @@ POLICY_CREATED=0
 cleanup() { if [ "$POLICY_CREATED" = 1 ]; then rm -f "$POLICY"; fi; }
 trap cleanup EXIT
 
+# Also when every package is installed: a postfix without main.cf breaks the next apt run.
+fix_postfix_main_cf
 mapfile -t MISSING < <(missing_packages)
 if [ "${#MISSING[@]}" -gt 0 ] || [ "${LAB_FORCE_APT:-0}" = 1 ]; then
     log "to install or repair: ${MISSING[*]:-(forced)}"
@@ -105,6 +108,8 @@ slapd slapd/domain string lab.test
 krb5-config krb5-config/default_realm string LAB.TEST
 krb5-config krb5-config/add_servers_realm string LAB.TEST
 krb5-config krb5-config/add_servers boolean false
+krb5-config krb5-config/kerberos_servers string localhost
+krb5-config krb5-config/admin_server string localhost
 krb5-config krb5-config/read_conf boolean true
 SEL
     # A previous run may have left inn2 unpacked but unconfigured: repair first,

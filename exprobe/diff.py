@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exprobe.errors import InputError
+from exprobe.hops import break_where
 from exprobe.result import SCHEMA_VERSION
 
 MAX_REPORT_BYTES = 1 << 30
@@ -394,13 +395,7 @@ def _break_text(r: dict[str, Any]) -> str | None:
     if not isinstance(trace, dict) or "break" not in trace:
         return None
     brk = trace["break"]
-    if not isinstance(brk, dict):
-        return "no break"
-    hop, addr = brk.get("hop"), brk.get("address")
-    where = f"hop {hop}" if hop is not None else "an unknown hop"
-    if addr:
-        where += f" ({addr})"
-    return f"{brk.get('kind')} at {where}"
+    return break_where(brk) if isinstance(brk, dict) else "no break"
 
 
 def _check_item(r: dict[str, Any]) -> str:

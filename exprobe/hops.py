@@ -58,6 +58,15 @@ class Break:
         return d
 
 
+def break_where(brk: dict[str, Any]) -> str:
+    """A break of a report (`Break.to_dict()`) in a few words: `drop at hop 2 (10.1.0.1)`."""
+    hop, addr = brk.get("hop"), brk.get("address")
+    where = f"hop {hop}" if hop is not None else "an unknown hop"
+    if addr:
+        where += f" ({addr})"
+    return f"{brk.get('kind')} at {where}"
+
+
 def distance(replies: Sequence[Reply]) -> int | None:
     """The smallest TTL at which the port answered (SYN-ACK): the answerer's distance."""
     return min((r.ttl for r in replies if r.kind == "open"), default=None)

@@ -46,8 +46,12 @@ def rules(hoplab: HopLab) -> Iterator[HopLab]:
         hoplab.open_all()
 
 
-def exprobe(lab: HopLab, *args: str, wrap: list[str] | None = None) -> tuple[int, dict[str, Any]]:
-    proc = lab.cli([*(wrap or []), sys.executable, "-m", "exprobe", *args, "--format", "json"])
+def exprobe(
+    lab: HopLab, *args: str, wrap: list[str] | None = None, loop: str = "auto"
+) -> tuple[int, dict[str, Any]]:
+    env = ["env", f"EXPROBE_LOOP={loop}"]
+    proc = lab.cli([*env, *(wrap or []), sys.executable, "-m", "exprobe", *args, "--format",
+                    "json"])  # fmt: skip
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -175,5 +179,28 @@ def test_tracing_needs_no_privilege(rules: HopLab) -> None:
     assert (brk["kind"], brk["hop"], brk["exact"]) == ("drop", 1, True)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])  # auto: uvloop, installed by .ci/run
+@pytest.mark.parametrize("family", [4, 6])
+def test_both_event_loops(rules: HopLab, loop: str, family: int) -> None:
+    rules.set_rule("r2", "drop", FILTERED)
+    rules.set_rule("r1", "icmp", 3268)
+    _code, report = exprobe(rules, "trace", SERVER[family], "--port", str(REFERENCE), "--port",
+                            str(FILTERED), "--port", "3268", "--connect-timeout", "1", loop=loop)  # fmt: skip
+    got = {p: (r["trace"]["break"] or {}).get("kind") for p, r in traced(report).items()}
+    assert got == {REFERENCE: None, FILTERED: "drop", 3268: "icmp"}
+    assert traced(report)[FILTERED]["trace"]["break"]["hop"] == 2
+    assert traced(report)[3268]["trace"]["break"]["address"] == HOPS[family][0]
+
+
 def test_ns_argv_is_the_lab_client() -> None:
     assert ns_argv("cli", ["true"]) == ["ip", "netns", "exec", "xphop-cli", "true"]
+
+
+def test_watch_shows_where_it_breaks(rules: HopLab) -> None:
+    rules.set_rule("r2", "drop", FILTERED)
+    proc = rules.cli(["env", "COLUMNS=200", "NO_COLOR=1", sys.executable, "-m", "exprobe",
+                      "watch", SERVER[4], "--port", str(REFERENCE), "--port", str(FILTERED),
+                      "--trace", "--max-runs", "1", "--connect-timeout", "1"])  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if f"tcp:{FILTERED}" in ln)
+    assert f"connection-timeout/filtered, drop at hop 2 ({HOPS[4][1]})" in row

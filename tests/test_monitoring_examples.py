@@ -50,7 +50,10 @@ def test_rule_tests_can_fail(tmp_path: Path) -> None:
 
 def test_systemd_units(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
-    exe = shutil.which("exprobe") or f"{sys.executable} -m exprobe"
+    # The exprobe of the interpreter running the tests (.venv's in CI), not whichever
+    # `exprobe` PATH finds first.
+    script = Path(sys.executable).parent / "exprobe"
+    exe = str(script) if script.is_file() else f"{sys.executable} -m exprobe"
     names = ("exprobe-check.service", "exprobe-check.timer", "exprobe-serve.service")
     for name in names:
         text = (EXAMPLES / name).read_text().replace("/usr/local/bin/exprobe", exe)

@@ -60,12 +60,19 @@ def test_wheel_and_sdist_carry_the_profiles(dist: Path) -> None:
     assert sorted(n.rsplit("/", 1)[1] for n in names
                   if n.startswith("exprobe/profiles/") and n.endswith(".toml")) == PROFILES  # fmt: skip
     assert "exprobe/py.typed" in names
+    # Data files under exprobe/ (exprobe/data/**) ship too, by pyproject's glob.
+    shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / "exprobe").rglob("*")
+               if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]  # fmt: skip
+    for name in shipped:
+        assert name in names, name
     assert "exprobe/data/exchange_builds.toml" in names  # the exchange-http build table
     sdist = next(dist.glob("exprobe-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         members = tar.getnames()
     top = f"exprobe-{__version__}"
-    for name in ["pyproject.toml", "README.md", *(f"profiles/{p}" for p in PROFILES)]:
+    docs = [p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*") if p.is_file()]
+    assert "docs/report.schema.json" in docs
+    for name in ["pyproject.toml", "README.md", *(f"profiles/{p}" for p in PROFILES), *docs]:
         assert f"{top}/{name}" in members, name
 
 

@@ -55,6 +55,7 @@ from exprobe.commands.run import (
 )
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
+from exprobe.hops import break_where
 from exprobe.report.safe import printable
 from exprobe.result import RunReport
 
@@ -110,7 +111,12 @@ def observe(report: RunReport) -> dict[Key, Observation]:
     for t in report.targets:
         for r in t.results:
             value = r.status.value if r.ok else f"{r.status.value}/{r.port_state.value}"
-            out[(t.target, r.address, r.id)] = Observation(value, r.ok, r.id, r.message)
+            reason = r.message
+            brk = (r.trace or {}).get("break")
+            if isinstance(brk, dict):  # --trace: a break that moves is a change too
+                value += f", {break_where(brk)}"
+                reason += f"; {brk.get('summary')}"
+            out[(t.target, r.address, r.id)] = Observation(value, r.ok, r.id, reason)
         if t.error and not t.results:
             out[(t.target, None, "resolve")] = Observation("dns-error", False, "resolve", t.error)
     return out

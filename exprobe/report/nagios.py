@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exprobe.hops import break_where
 from exprobe.report.safe import printable
 from exprobe.result import CheckResult, RunReport
 from exprobe.status import Status
@@ -197,12 +198,9 @@ def hop_lines(results: list[CheckResult]) -> list[str]:
         brk = (r.trace or {}).get("break")
         if not isinstance(brk, dict):
             continue
-        where = f"hop {brk.get('hop')}" if brk.get("hop") is not None else "an unknown hop"
-        if brk.get("address"):
-            where += f" ({brk['address']})"
         sure = "exact" if brk.get("exact") else "ambiguous"
-        lines.append(f"HOP {clean(r.id)} {clean(_where(r))}:{r.port} {clean(brk.get('kind'))}"
-                     f" at {clean(where)}, {sure}: {clean(brk.get('summary'))}")  # fmt: skip
+        lines.append(f"HOP {clean(r.id)} {clean(_where(r))}:{r.port} {clean(break_where(brk))},"
+                     f" {sure}: {clean(brk.get('summary'))}")  # fmt: skip
     return lines
 
 

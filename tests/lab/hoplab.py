@@ -22,6 +22,7 @@ Command line (root):  python -m tests.lab.hoplab up|down|status
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 NS = {"cli": "xphop-cli", "r1": "xphop-r1", "r2": "xphop-r2", "r3": "xphop-r3", "srv": "xphop-srv"}
 CHAIN = ["cli", "r1", "r2", "r3", "srv"]  # link n joins CHAIN[n-1] and CHAIN[n]
@@ -101,14 +103,30 @@ def _ns(node: str, *argv: str, check: bool = True) -> str:
     return _run(ns_argv(node, argv), check=check)
 
 
+LOCK = "/tmp/exprobe-hoplab.lock"  # one hop lab per machine: the names are fixed
+
+
 @dataclass
 class HopLab:
-    """The routed lab; `up()` builds it, `down()` removes every trace of it."""
+    """The routed lab; `up()` builds it, `down()` removes every trace of it.  Between the
+    two it holds LOCK, so that two test runs on one machine take turns."""
 
     procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    lock: Any = None
 
-    def up(self) -> None:
-        self.down()
+    def up(self, wait: float = 900) -> None:
+        if self.lock is None:
+            self.lock = open(LOCK, "w")  # noqa: SIM115 - held until down()
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise HopLabError(f"{LOCK} held by another run for {wait:.0f} s") from None
+                    time.sleep(0.5)
+        self.down(release=False)
         try:
             self._links()
             self._routes()
@@ -218,7 +236,7 @@ class HopLab:
         if proc.stdout is not None:
             proc.stdout.close()
 
-    def down(self) -> None:
+    def down(self, release: bool = True) -> None:
         for node in list(self.procs):
             self._stop(node)
         present = set(_run(["ip", "netns", "list"], check=False).split())
@@ -230,6 +248,9 @@ class HopLab:
             if not any(NS[n] in _run(["ip", "netns", "list"], check=False) for n in CHAIN):
                 break
             time.sleep(0.1)
+        if release and self.lock is not None:
+            self.lock.close()  # releases the flock
+            self.lock = None
 
     def cli(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the client namespace."""
