@@ -23,7 +23,7 @@ from tests.helpers import ROOT, LoopbackServer, validate_report
 
 TIMEOUT = 2.0
 SERVER_FIRST = ("banner", "smtp", "pop3", "imap", "nntp")
-CLIENT_FIRST = ("ldap", "rfc1006", "msrpc-epm")
+CLIENT_FIRST = ("ldap", "rfc1006", "msrpc-epm", "http", "exchange-http")
 GREETING_STEP = {"banner": "banner", "smtp": "greeting", "pop3": "greeting",
                  "imap": "greeting", "nntp": "greeting"}
 
@@ -50,7 +50,9 @@ EXPECTED: dict[str, dict[str, str]] = {
 }
 # A drip of "2222..." is rejected as soon as the first framing bytes are wrong, except
 # where the header is longer than the deadline lets the drip deliver (DCE/RPC: 16 bytes).
-DRIP = {"ldap": "protocol-error", "rfc1006": "protocol-error", "msrpc-epm": "io-timeout"}
+# HTTP: the first byte of a drip is already not "HTTP/".
+DRIP = {"ldap": "protocol-error", "rfc1006": "protocol-error", "msrpc-epm": "io-timeout",
+        "http": "protocol-error", "exchange-http": "protocol-error"}
 
 
 def watch_peak_rss(proc: subprocess.Popen[bytes]) -> int:

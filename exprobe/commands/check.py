@@ -63,6 +63,10 @@ def check(
         list[str] | None,
         typer.Option("--set", help="Probe parameter PARAM=VALUE (repeatable), e.g. --set bind_dn=cn=x,dc=y.", show_default=False),
     ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option("--path", help="Shorthand for --set path=PATH (http).", show_default=False),
+    ] = None,
     trace: TraceOpt = None,
     max_hops: MaxHopsOpt = 30,
     resolve_hops: ResolveHopsOpt = False,
@@ -76,6 +80,8 @@ def check(
         if not eq or not key.strip() or key.strip() == "tls":
             raise InputError(f"--set {item!r}: expected PARAM=VALUE (use --tls for tls)")
         values[key.strip()] = value
+    if path is not None:
+        values["path"] = path
     spec = f"{probe}:{port if port is not None else ''}:{tls}"
     definition = parse_check_option(spec, values)
     target = parse_target(host)

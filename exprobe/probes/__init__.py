@@ -20,10 +20,11 @@ PROBE_MODULES = (
     "ldap",
     "rfc1006",
     "msrpc",
+    "http",
 )
 
 # Probes registered by a module of another name.
-_MODULE_OF = {"banner": "tcp", "msrpc-epm": "msrpc", "msrpc-bind": "msrpc"}
+_MODULE_OF = {"banner": "tcp", "msrpc-epm": "msrpc", "msrpc-bind": "msrpc", "exchange-http": "http"}
 
 _loaded = False
 
