@@ -1,6 +1,6 @@
 """The `ntlm` step of smtp, imap and pop3 against scripted peers: Exchange's own SMTP
 answer (only Exchange says "334 NTLM supported" and names EX01/CONTOSO), and hostile
-challenges.  The real peer (dovecot) is in tests/test_probes_text_lab.py."""
+challenges.  The real peer (postfix with Cyrus SASL's NTLM) is in tests/test_ntlm_lab.py."""
 
 from __future__ import annotations
 
@@ -13,13 +13,18 @@ import pytest
 from exprobe.wire import ntlm
 from tests.test_probes_text_hostile import Peer, Reader, Writer, forever, run, serving
 
-NOW = dt.datetime.now(dt.UTC)
-CHALLENGE = ntlm.encode_challenge(
-    netbios_computer="EX01", netbios_domain="CONTOSO", dns_computer="ex01.contoso.com",
-    dns_domain="contoso.com", dns_tree="contoso.com", os_version=(10, 0, 17763),
-    timestamp=NOW - dt.timedelta(seconds=400),
-)  # fmt: skip
-B64 = base64.b64encode(CHALLENGE)
+
+def exchange_challenge() -> bytes:
+    """EX01's CHALLENGE, base64, its clock 400 s behind ours (made now: the skew is
+    measured against the time of the check)."""
+    return base64.b64encode(ntlm.encode_challenge(
+        netbios_computer="EX01", netbios_domain="CONTOSO", dns_computer="ex01.contoso.com",
+        dns_domain="contoso.com", dns_tree="contoso.com", os_version=(10, 0, 17763),
+        timestamp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=400),
+    ))  # fmt: skip
+
+
+B64 = exchange_challenge()
 IDENTITY = {
     "offered": True, "netbios_computer": "EX01", "netbios_domain": "CONTOSO",
     "dns_computer": "ex01.contoso.com", "dns_domain": "contoso.com", "dns_tree": "contoso.com",
@@ -27,7 +32,7 @@ IDENTITY = {
 }  # fmt: skip
 
 
-def exchange_smtp(challenge: bytes = B64, *, first: bytes = b"334 NTLM supported") -> Any:
+def exchange_smtp(challenge: bytes | None = None, *, first: bytes = b"334 NTLM supported") -> Any:
     """Exchange 2019's SMTP receive connector, as it answers AUTH NTLM."""
 
     async def script(r: Reader, w: Writer, p: Peer) -> None:
@@ -39,7 +44,7 @@ def exchange_smtp(challenge: bytes = B64, *, first: bytes = b"334 NTLM supported
         if line.strip() == b"AUTH NTLM":
             w.write(first + b"\r\n")
             await p.line(r)  # the NEGOTIATE
-            w.write(b"334 " + challenge + b"\r\n")
+            w.write(b"334 " + (challenge or exchange_challenge()) + b"\r\n")
             await p.line(r)  # "*"
             w.write(b"501 5.7.3 Authentication cancelled\r\n")
             line = await p.line(r)
