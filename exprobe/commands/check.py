@@ -12,7 +12,7 @@ from rich.text import Text
 
 from exprobe.cli import app, family_of, make_console, run_async
 from exprobe.commands.common import EngineArgs, parse_check_option, trace_options
-from exprobe.commands.run import MaxHopsOpt, ResolveHopsOpt, TraceOpt
+from exprobe.commands.run import MaxHopsOpt, ResolveHopsOpt, TlsVersionsOpt, TraceOpt
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.report.safe import printable
@@ -70,6 +70,7 @@ def check(
     trace: TraceOpt = None,
     max_hops: MaxHopsOpt = 30,
     resolve_hops: ResolveHopsOpt = False,
+    tls_versions: TlsVersionsOpt = False,
 ) -> None:
     """Run one check and show every step, the transcript and the facts."""
     if fmt not in ("table", "json"):
@@ -83,6 +84,8 @@ def check(
     if path is not None:
         values["path"] = path
     spec = f"{probe}:{port if port is not None else ''}:{tls}"
+    if tls_versions:
+        values["tls_versions"] = "true"
     definition = parse_check_option(spec, values)
     target = parse_target(host)
     opts, limits = EngineArgs(

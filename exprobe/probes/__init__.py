@@ -21,6 +21,7 @@ PROBE_MODULES = (
     "rfc1006",
     "msrpc",
     "http",
+    "tls",
 )
 
 # Probes registered by a module of another name.

@@ -52,6 +52,7 @@ class SmtpParams(Params):
     ntlm: bool = False
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if not _EHLO_NAME.fullmatch(self.ehlo_name):
             raise ValueError(
                 f"ehlo_name {self.ehlo_name!r} is not a domain name or an address literal"
