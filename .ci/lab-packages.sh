@@ -21,6 +21,8 @@ PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-
           # tests/lab/hoplab.py: sysctl (procps, not in a minimal Debian); traceroute and
           # mtr-tiny: test_hops_lab.py and bench/trace_vs_traceroute.py compare with them.
           procps traceroute mtr-tiny
+          # nginx: the TLS front, pool and middleboxes of the web lab (tests/lab/weblab.py).
+          nginx
           # tests/lab/adlab.py: a Samba AD DC (Kerberos, GC, SMB); kinit and smbclient agree.
           samba-ad-dc samba-ad-provision krb5-user smbclient winbind)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"

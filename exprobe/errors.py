@@ -32,6 +32,14 @@ class ApplicationError(ProbeError):
     status = Status.APPLICATION_ERROR
 
 
+class InterceptedError(ProbeError):
+    """Something other than the expected server answered where it must (a reverse proxy's
+    or WAF's page, an answer without the server's headers, another certificate or NTLM
+    identity): the evidence goes in `facts`."""
+
+    status = Status.INTERCEPTED
+
+
 class TlsError(ProbeError):
     """The TLS handshake failed, or verification failed where it was required."""
 

@@ -27,6 +27,7 @@ class Status(StrEnum):
     TLS_ERROR = "tls-error"
     PROTOCOL_ERROR = "protocol-error"
     APPLICATION_ERROR = "application-error"
+    INTERCEPTED = "intercepted"
     INTERNAL_ERROR = "internal-error"
     SKIPPED = "skipped"
 

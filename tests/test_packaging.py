@@ -65,6 +65,7 @@ def test_wheel_and_sdist_carry_the_profiles(dist: Path) -> None:
                if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]  # fmt: skip
     for name in shipped:
         assert name in names, name
+    assert "exprobe/data/exchange_builds.toml" in names  # the exchange-http build table
     sdist = next(dist.glob("exprobe-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         members = tar.getnames()
@@ -95,3 +96,9 @@ def test_built_wheel_runs_in_a_clean_venv(dist: Path, tmp_path: Path) -> None:
     shown = sorted(re.findall(r"^(\S+)", listed.stdout, re.M))
     for profile in PROFILES:
         assert profile.removesuffix(".toml") in shown, listed.stdout
+    # h11 (declared) and the build table (package data) are there for the http probes.
+    code = ("import exprobe.probes.http; from exprobe.wire.exchange import name_build; "
+            "print(name_build('15.2.1544.4')['version'])")
+    named = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=60, check=False, env=env)  # fmt: skip
+    assert named.stdout.strip() == "Exchange Server 2019 CU14", named.stderr

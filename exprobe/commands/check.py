@@ -12,7 +12,7 @@ from rich.text import Text
 
 from exprobe.cli import app, family_of, make_console, run_async
 from exprobe.commands.common import EngineArgs, parse_check_option, trace_options
-from exprobe.commands.run import MaxHopsOpt, ResolveHopsOpt, TraceOpt
+from exprobe.commands.run import MaxHopsOpt, ResolveHopsOpt, TlsVersionsOpt, TraceOpt
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.report.safe import printable
@@ -63,9 +63,14 @@ def check(
         list[str] | None,
         typer.Option("--set", help="Probe parameter PARAM=VALUE (repeatable), e.g. --set bind_dn=cn=x,dc=y.", show_default=False),
     ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option("--path", help="Shorthand for --set path=PATH (http).", show_default=False),
+    ] = None,
     trace: TraceOpt = None,
     max_hops: MaxHopsOpt = 30,
     resolve_hops: ResolveHopsOpt = False,
+    tls_versions: TlsVersionsOpt = False,
 ) -> None:
     """Run one check and show every step, the transcript and the facts."""
     if fmt not in ("table", "json"):
@@ -76,7 +81,11 @@ def check(
         if not eq or not key.strip() or key.strip() == "tls":
             raise InputError(f"--set {item!r}: expected PARAM=VALUE (use --tls for tls)")
         values[key.strip()] = value
+    if path is not None:
+        values["path"] = path
     spec = f"{probe}:{port if port is not None else ''}:{tls}"
+    if tls_versions:
+        values["tls_versions"] = "true"
     definition = parse_check_option(spec, values)
     target = parse_target(host)
     opts, limits = EngineArgs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -52,6 +53,16 @@ def parse_check_option(text: str, values: dict[str, str] | None = None) -> Check
     params = make_params(spec.params_type, {**(values or {}), "tls": tls}, f"--check {text}")
     port = spec.port_for(params, port)
     return CheckDef(adhoc_id(name, port, tls), name, params, port)
+
+
+def with_tls_versions(defs: list[CheckDef]) -> list[CheckDef]:
+    """`--tls-versions`: every check that speaks TLS also tries each TLS version alone."""
+    return [
+        d
+        if d.params.tls == "none" and d.probe != "tls"
+        else dataclasses.replace(d, params=dataclasses.replace(d.params, tls_versions=True))
+        for d in defs
+    ]
 
 
 def adhoc_defs(ports: list[int], checks: list[str]) -> list[CheckDef]:

@@ -20,7 +20,13 @@ from exprobe.cli import (
     raise_nofile_limit,
     run_async,
 )
-from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets, trace_options
+from exprobe.commands.common import (
+    EngineArgs,
+    adhoc_defs,
+    gather_targets,
+    trace_options,
+    with_tls_versions,
+)
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.report import render, status_exit_code
@@ -146,6 +152,13 @@ MaxHopsOpt = Annotated[int, typer.Option("--max-hops", help="Longest trace (TTL)
 ResolveHopsOpt = Annotated[
     bool, typer.Option("--resolve-hops", help="Reverse DNS names of the hops, with --trace.")
 ]
+TlsVersionsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tls-versions",
+        help="Every TLS check also tries TLS 1.0, 1.1, 1.2 and 1.3 alone (derived checks).",
+    ),
+]
 NoColorOpt = Annotated[
     bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
 ]
@@ -206,6 +219,7 @@ def run(
     trace: TraceOpt = None,
     max_hops: MaxHopsOpt = 30,
     resolve_hops: ResolveHopsOpt = False,
+    tls_versions: TlsVersionsOpt = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -235,6 +249,8 @@ def run(
         profile_info = prof.info()
     else:
         defs = adhoc_defs(port or [], check or [])
+    if tls_versions:
+        defs = with_tls_versions(defs)
     expectations = None
     if expect:
         from exprobe.expect import load_expectations

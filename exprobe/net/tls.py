@@ -36,9 +36,13 @@ class TlsOptions:
     server_name: str | None = None  # SNI / name to match; defaults to the target's name
 
 
+_VERSIONS = {"1.0": "TLSv1", "1.1": "TLSv1_1", "1.2": "TLSv1_2", "1.3": "TLSv1_3"}
+
+
 @functools.lru_cache(maxsize=8)
-def client_context(min_version: str | None = None) -> ssl.SSLContext:
-    """A permissive client context: we want to see every server, even old ones."""
+def client_context(only: str | None = None) -> ssl.SSLContext:
+    """A permissive client context: we want to see every server, even old ones.  `only`
+    ("1.0" ... "1.3") offers that TLS version alone."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -46,6 +50,12 @@ def client_context(min_version: str | None = None) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     with contextlib.suppress(ssl.SSLError):  # depends on the OpenSSL build
         ctx.set_ciphers("ALL:@SECLEVEL=0")
+    if only is not None:
+        with warnings.catch_warnings():  # TLSv1 and TLSv1_1 are deprecated names: we know
+            warnings.simplefilter("ignore", DeprecationWarning)
+            version = getattr(ssl.TLSVersion, _VERSIONS[only])
+        ctx.minimum_version = version
+        ctx.maximum_version = version
     return ctx
 
 

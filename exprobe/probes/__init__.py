@@ -20,12 +20,20 @@ PROBE_MODULES = (
     "ldap",
     "rfc1006",
     "msrpc",
+    "http",
+    "tls",
     "kerberos",
     "smb",
 )
 
 # Probes registered by a module of another name.
-_MODULE_OF = {"banner": "tcp", "msrpc-epm": "msrpc", "msrpc-bind": "msrpc", "ldap-gc": "ldap"}
+_MODULE_OF = {
+    "banner": "tcp",
+    "msrpc-epm": "msrpc",
+    "msrpc-bind": "msrpc",
+    "exchange-http": "http",
+    "ldap-gc": "ldap",
+}
 
 _loaded = False
 

@@ -24,11 +24,28 @@ TlsMode = Literal["none", "starttls", "implicit"]
 TLS_MODES: tuple[TlsMode, ...] = ("none", "starttls", "implicit")
 
 
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+# Accepted, but retired (RFC 8996); Exchange 2019 and later refuse them when hardened.
+RETIRED_TLS = ("1.0", "1.1")
+
+
 @dataclass(frozen=True, slots=True)
 class Params:
-    """Parameters every probe takes.  Subclasses add their own (frozen, hashable fields)."""
+    """Parameters every probe takes.  Subclasses add their own (frozen, hashable fields).
+
+    `tls_versions`: after a TLS handshake, also try each of TLS 1.0-1.3 alone (derived
+    checks `<id>/tls1.0` ... with `tls_version` pinned); `tls_version`: offer only that
+    version (what those derived checks do)."""
 
     tls: TlsMode = "none"
+    tls_versions: bool = False
+    tls_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tls_version and self.tls_version not in TLS_VERSIONS:
+            raise ValueError(
+                f"tls_version {self.tls_version!r} is not one of {', '.join(TLS_VERSIONS)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +118,45 @@ class ProbeContext:
         self.step(step)
         name = self.tls_options.server_name or self.check.server_name
         sni = name if name and not _is_ip(name) else None
+        pinned = self.check.params.tls_version
         try:
-            obj = await stream.start_tls(client_context(), sni)
+            obj = await stream.start_tls(client_context(pinned or None), sni)
         except OSError as exc:  # ssl.SSLError is an OSError
             if type(exc).__module__ == "ssl" or exc.__class__.__name__.startswith("SSL"):
-                raise TlsError(f"TLS handshake failed: {_ssl_text(exc)}") from exc
+                said = _ssl_text(exc)
+                if pinned:
+                    raise TlsError(f"TLS {pinned} refused: {said}") from exc
+                raise TlsError(f"TLS handshake failed: {said}") from exc
             raise
         stream.note(f"TLS established ({obj.version()})")
+        if pinned:
+            self.facts["tls_version_accepted"] = pinned
+            if pinned in RETIRED_TLS:
+                self.warn(f"TLS {pinned} accepted: a retired version (RFC 8996)")
+        elif self.check.params.tls_versions:
+            self._derive_tls_versions()
         report = describe_session(obj, name or self.check.address, self.tls_options)
         self.facts.update(report.facts)
         for w in report.warnings:
             self.warn(w)
         if self.tls_options.verify and report.problem:
             raise TlsError(f"certificate rejected: {report.problem}")
+
+
+    def _derive_tls_versions(self) -> None:
+        """One follow-up check per TLS version: the same dialogue, that version only."""
+        check = self.check
+        for version in TLS_VERSIONS:
+            params = dataclasses.replace(check.params, tls_versions=False, tls_version=version)
+            self.derive(
+                dataclasses.replace(
+                    check,
+                    id=f"{check.id}/tls{version}",
+                    params=params,
+                    parent=check.id,
+                    meta=(*check.meta, ("tls_version_tried", version)),
+                )
+            )
 
 
 def _is_ip(name: str) -> bool:

@@ -3,10 +3,11 @@
 RFC 3501 (IMAP4rev1) and RFC 9051 (IMAP4rev2), RFC 2595 (STARTTLS); implicit TLS on
 993 (RFC 8314).
 
-Params: `tls` (none | starttls | implicit).
+Params: `tls` (none | starttls | implicit), `ntlm` (read the server's NTLM identity with
+`AUTHENTICATE NTLM`, no credential; see _ntlm.py).
 
 Steps: greeting, [capability] (skipped when the greeting carries `[CAPABILITY ...]`),
-[starttls, tls-handshake, capability-tls], logout.
+[starttls, tls-handshake, capability-tls], [ntlm], logout.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from exprobe.errors import ApplicationError, ProtocolError
 from exprobe.net.stream import Stream
+from exprobe.probes._ntlm import SaslReply, ntlm_step
 from exprobe.probes._text import (
     first_line,
     goodbye,
@@ -25,6 +27,7 @@ from exprobe.probes._text import (
 )
 from exprobe.probes.base import Params, ProbeContext, register
 from exprobe.wire.textproto import (
+    MAX_REPLY_LINES,
     ImapResponse,
     imap_auth_mechanisms,
     imap_capabilities,
@@ -34,7 +37,9 @@ from exprobe.wire.textproto import (
 
 @dataclass(frozen=True, slots=True)
 class ImapParams(Params):
-    """`tls`: none, starttls or implicit."""
+    """`tls`: none, starttls or implicit; `ntlm`: read the NTLM identity."""
+
+    ntlm: bool = False
 
 
 @register(
@@ -83,6 +88,12 @@ async def imap(stream: Stream, params: ImapParams, ctx: ProbeContext) -> None:
         caps = await _capability(stream, ctx, "capability-tls", next(tags))
         _record(ctx, caps, "capabilities_tls")
 
+    if params.ntlm:
+        tag = next(tags)
+        await ntlm_step(stream, ctx, offered="NTLM" in imap_auth_mechanisms(caps),
+                        command=f"{tag} AUTHENTICATE NTLM",
+                        read=lambda: _sasl_reply(stream, tag))  # fmt: skip
+
     ctx.step("logout")
     tag = next(tags)
     await goodbye(stream, f"{tag} LOGOUT", lambda: read_imap_tagged(stream, tag, bye_ok=True))
@@ -102,6 +113,19 @@ async def _capability(stream: Stream, ctx: ProbeContext, step: str, tag: str) ->
         if caps is not None:
             return caps
     raise ProtocolError("CAPABILITY completed without a capability list")
+
+
+async def _sasl_reply(stream: Stream, tag: str) -> SaslReply:
+    """A continuation (`+ ...`) or the tagged end of the AUTHENTICATE command."""
+    for _ in range(MAX_REPLY_LINES):
+        resp = parse_imap_response(await stream.read_line())
+        if resp.tag == "+":
+            return SaslReply(True, resp.text)
+        if resp.tag == tag:
+            return SaslReply(False, resp.describe())
+        if resp.tag != "*":
+            raise ProtocolError(f"response for an unknown tag: {resp.describe()}")
+    raise ProtocolError(f"no answer to AUTHENTICATE after {MAX_REPLY_LINES} lines")
 
 
 def _check_ok(command: str, done: ImapResponse) -> None:

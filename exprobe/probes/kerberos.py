@@ -48,6 +48,7 @@ class KerberosParams(Params):
     realm: str = ""
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if self.tls != "none":
             raise ValueError(f'kerberos has no TLS: tls must be "none", not {self.tls!r}')
         if self.realm and (len(self.realm) > 255 or not self.realm.isprintable()):

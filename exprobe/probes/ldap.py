@@ -113,6 +113,7 @@ class LdapParams(Params):
     ntlm: bool = False
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if self.version not in (2, 3):
             raise ValueError(f"version must be 2 or 3, not {self.version!r}")
         if self.password_env and self.password_file:

@@ -248,6 +248,7 @@ class EpmParams(Params):
     interfaces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if self.tls != "none":
             raise ValueError("msrpc-epm speaks no TLS (tls must be none)")
         bad = [c for c in self.components if c not in xu.COMPONENTS]
@@ -284,6 +285,7 @@ class BindParams(Params):
     version: str = "3.0"
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if self.tls != "none":
             raise ValueError("msrpc-bind speaks no TLS (tls must be none)")
         parse_interface_spec(f"{self.interface}:{self.version}")

@@ -3,8 +3,9 @@
 RFC 1939 (POP3, APOP), RFC 2449 (CAPA), RFC 2595 (STLS); implicit TLS on 995 (RFC 8314).
 
 Params: `tls` (none | starttls | implicit).  With `starttls` the probe sends STLS.
+`ntlm`: read the server's NTLM identity with `AUTH NTLM` (RFC 5034), no credential.
 
-Steps: greeting, capa, [starttls, tls-handshake, capa-tls], quit.  A server without
+Steps: greeting, capa, [starttls, tls-handshake, capa-tls], [ntlm], quit.  A server without
 CAPA (RFC 1939 only) answers it with -ERR: that is a fact, not a failure.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from exprobe.errors import ApplicationError
 from exprobe.net.stream import Stream
+from exprobe.probes._ntlm import SaslReply, ntlm_step
 from exprobe.probes._text import first_line, goodbye, read_dot_block, require_starttls, tls_summary
 from exprobe.probes.base import Params, ProbeContext, register
 from exprobe.wire.textproto import apop_timestamp, parse_capability_lines, parse_pop3_status
@@ -21,7 +23,9 @@ from exprobe.wire.textproto import apop_timestamp, parse_capability_lines, parse
 
 @dataclass(frozen=True, slots=True)
 class Pop3Params(Params):
-    """`tls`: none, starttls (STLS) or implicit."""
+    """`tls`: none, starttls (STLS) or implicit; `ntlm`: read the NTLM identity."""
+
+    ntlm: bool = False
 
 
 @register(
@@ -59,11 +63,24 @@ async def pop3(stream: Stream, params: Pop3Params, ctx: ProbeContext) -> None:
         await ctx.start_tls(stream)
         caps = await _capa(stream, ctx, "capa-tls")
 
+    if params.ntlm:
+        sasl = (caps or {}).get("SASL", "").upper().split()
+        await ntlm_step(stream, ctx, offered="NTLM" in sasl, command="AUTH NTLM",
+                        read=lambda: _sasl_reply(stream))  # fmt: skip
+
     ctx.step("quit")
     await goodbye(stream, "QUIT", stream.read_line)
     n = f"{len(caps)} capabilities" if caps is not None else "no CAPA"
     tls = ", STLS ok" if params.tls == "starttls" else ""
     ctx.summary = f"{ctx.facts['banner']} ({n}{tls}{tls_summary(ctx)})"
+
+
+async def _sasl_reply(stream: Stream) -> SaslReply:
+    """`+ DATA` continues the exchange (RFC 5034 §4); a status line ends it."""
+    line = await stream.read_line()
+    if line == b"+" or line.startswith(b"+ "):
+        return SaslReply(True, line[2:].decode("ascii", "replace"))
+    return SaslReply(False, parse_pop3_status(line).describe())
 
 
 async def _capa(stream: Stream, ctx: ProbeContext, step: str) -> dict[str, str] | None:

@@ -49,6 +49,7 @@ class Rfc1006Params(Params):
     tpdu_size: int = 1024
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if self.tls != "none":
             raise ValueError(f'rfc1006 has no TLS: tls must be "none", not {self.tls!r}')
         parse_tsap(self.calling_tsap)  # ValueError names the bad TSAP

@@ -45,6 +45,7 @@ class SmbParams(Params):
     ntlm: bool = True
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if self.tls != "none":
             raise ValueError(f'smb has no TLS: tls must be "none", not {self.tls!r}')
 

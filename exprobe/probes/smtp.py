@@ -7,9 +7,11 @@ STARTTLS in the EHLO reply with `XXXXXXXA`.
 
 Params: `tls` (none | starttls | implicit), `ehlo_name` (the name sent with EHLO and
 HELO; default `exprobe.invalid`: a name that is clearly a probe's and leaks nothing
-about the machine; set it to the host's FQDN for servers that check the HELO name).
+about the machine; set it to the host's FQDN for servers that check the HELO name),
+`ntlm` (read the server's NTLM identity with `AUTH NTLM`, no credential; see _ntlm.py).
 
-Steps: greeting, ehlo (helo after a 5xx), [starttls, tls-handshake, ehlo-tls], quit.
+Steps: greeting, ehlo (helo after a 5xx), [starttls, tls-handshake, ehlo-tls], [ntlm],
+quit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from exprobe.errors import ApplicationError, ProtocolError
 from exprobe.net.stream import Stream
+from exprobe.probes._ntlm import SaslReply, ntlm_step
 from exprobe.probes._text import (
     STRIPPED_WARNING,
     first_line,
@@ -42,11 +45,14 @@ MASKED_BANNER_WARNING = (
 
 @dataclass(frozen=True, slots=True)
 class SmtpParams(Params):
-    """`tls`: none, starttls or implicit; `ehlo_name`: the name given in EHLO/HELO."""
+    """`tls`: none, starttls or implicit; `ehlo_name`: the name given in EHLO/HELO;
+    `ntlm`: read the NTLM identity (AUTH NTLM, cancelled after the CHALLENGE)."""
 
     ehlo_name: str = "exprobe.invalid"
+    ntlm: bool = False
 
     def __post_init__(self) -> None:
+        Params.__post_init__(self)
         if not _EHLO_NAME.fullmatch(self.ehlo_name):
             raise ValueError(
                 f"ehlo_name {self.ehlo_name!r} is not a domain name or an address literal"
@@ -110,6 +116,11 @@ async def smtp(stream: Stream, params: SmtpParams, ctx: ProbeContext) -> None:
         if info is not None:
             ctx.facts["ehlo_extensions_tls"] = info.extensions
 
+    if params.ntlm:
+        offered = info is not None and "NTLM" in info.auth_mechanisms
+        await ntlm_step(stream, ctx, offered=offered, command="AUTH NTLM",
+                        read=lambda: _sasl_reply(stream))  # fmt: skip
+
     ctx.step("quit")
     await goodbye(stream, "QUIT", lambda: read_smtp_reply(stream))
     extensions = f"{len(info.extensions)} EHLO extensions" if info is not None else "HELO only"
@@ -150,6 +161,11 @@ async def _hello(
         _check_hello_reply("HELO", reply, expect_5xx_ok=False)
     ctx.facts["helo_fallback"] = True
     return None
+
+
+async def _sasl_reply(stream: Stream) -> SaslReply:
+    reply = await read_smtp_reply(stream)
+    return SaslReply(reply.code == 334, reply.text if reply.code == 334 else reply.describe())
 
 
 def _check_hello_reply(command: str, reply: SmtpReply, *, expect_5xx_ok: bool) -> None:

@@ -25,6 +25,7 @@ STATUS_STYLE = {
     Status.CONNECTION_TIMEOUT: "red",
     Status.UNREACHABLE: "red",
     Status.IO_TIMEOUT: "red",
+    Status.INTERCEPTED: "bold yellow",
     Status.DNS_ERROR: "magenta",
     Status.INTERNAL_ERROR: "bold magenta",
     Status.SKIPPED: "dim",

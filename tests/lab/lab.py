@@ -1096,6 +1096,11 @@ class Lab:
         conf = ETC_DIR / "postfix"
         _write(conf / "main.cf", _render("postfix-main.cf", self._values()))
         _write(conf / "master.cf", _render("postfix-master.cf", self._values()))
+        # Cyrus SASL for the 2587 service: NTLM only. The CHALLENGE comes before any
+        # user name, so an empty user database is all it needs.
+        _write(conf / "sasl" / "smtpd-ntlm.conf",
+               f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\n"
+               f"sasldb_path: {VAR_DIR / 'postfix' / 'sasldb2'}\nmech_list: NTLM\n")  # fmt: skip
         queue = VAR_DIR / "postfix" / "queue"
         if not (queue / "pid").is_dir() or not (VAR_DIR / "postfix" / "data").is_dir():
             # Creates the queue directories with the right owners (slow: only once).

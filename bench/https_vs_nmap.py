@@ -1,0 +1,114 @@
+"""exprobe's HTTPS checks of one Exchange server against nmap's scripts, on the web lab.
+
+Both sides look at the same nginx-fronted server (tests/lab/weblab.py, port 443):
+
+- nmap: `nmap -Pn -n -p 443 --script http-headers,http-ntlm-info,ssl-cert
+  --script-args http-ntlm-info.root=/ews/`: the headers of `/`, the NTLM identity of
+  `/ews/`, the certificate.
+- exprobe: one `run` of a profile with an `http` check (`/EWS/Exchange.asmx`, NTLM) and an
+  `exchange-http` check of each of the nine virtual directories (each with its
+  healthcheck.htm and NTLM identity where offered): the same facts as nmap's and the
+  Exchange ones nmap does not have.
+
+Runs alternate (nmap, exprobe, nmap, ...) and the median wall time of each is printed with
+the ratio; the NTLM names and the certificate subject are checked to agree first.
+
+Usage (root):  python bench/https_vs_nmap.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.lab.weblab import PORTS, SERVER, WebLab  # noqa: E402
+
+VDIRS = ("owa", "ecp", "autodiscover", "ews", "mapi", "nspi", "rpc", "oab", "eas")
+NMAP = ["nmap", "-Pn", "-n", "-p", str(PORTS["ex1"]), "--script",
+        "http-headers,http-ntlm-info,ssl-cert", "--script-args",
+        "http-ntlm-info.root=/ews/", SERVER[4]]  # fmt: skip
+
+
+def profile() -> str:
+    out = ['schema_version = 1', 'title = "HTTPS checks of one Exchange server"', ""]
+    out += ['[checks.ews-ntlm]', 'probe = "http"', f'port = {PORTS["ex1"]}', 'tls = "implicit"',
+            'path = "/EWS/Exchange.asmx"', "ntlm = true", ""]  # fmt: skip
+    for v in VDIRS:
+        out += [f"[checks.{v}]", 'probe = "exchange-http"', f'port = {PORTS["ex1"]}',
+                'tls = "implicit"', f'vdir = "{v}"', ""]  # fmt: skip
+    names = ", ".join(f'"{n}"' for n in ("ews-ntlm", *VDIRS))
+    out += ["[scenarios.https]", 'title = "HTTPS"', f"all = [{names}]"]
+    return "\n".join(out) + "\n"
+
+
+def timed(lab: WebLab, argv: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = lab.cli(argv)
+    return time.perf_counter() - t0, proc.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    lab = WebLab()
+    lab.up()
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(profile())
+        ours = [sys.executable, "-m", "exprobe", "run", SERVER[4], "-p", f.name, "--format", "json"]
+        _, out = timed(lab, ours)
+        report = json.loads(out)
+        results = {r["id"].split("@")[0]: r for t in report["targets"] for r in t["results"]}
+        bad = {k: r["status"] for k, r in results.items() if r["status"] != "success"}
+        assert not bad, bad
+        _, nmap_out = timed(lab, NMAP)
+        nmap = dict(re.findall(r"\|_?\s+(\w+): (\S+)", nmap_out))
+        ntlm = results["ews-ntlm"]["facts"]["ntlm"]
+        assert nmap["DNS_Computer_Name"] == ntlm["dns_computer"], (nmap, ntlm)
+        assert nmap["Product_Version"] == ntlm["os_version"]
+        sha1 = re.search(r"SHA-1: ([0-9a-f ]+)", nmap_out)
+        assert sha1 is not None, nmap_out
+        san = re.search(r"Subject Alternative Name: (.*)", nmap_out)
+        assert san is not None
+        assert "DNS:mail.corp.example" in san[1]
+        assert "DNS:mail.corp.example" in results["ews-ntlm"]["facts"]["cert_san"]
+        facts = sum(len(r["facts"]) for r in results.values())
+        # nmap's facts only: headers, NTLM identity and certificate in one `http` check.
+        same = [sys.executable, "-m", "exprobe", "check", SERVER[4], "http", "--port",
+                str(PORTS["ex1"]), "--tls", "implicit", "--path", "/ews/", "--set", "ntlm=true",
+                "--format", "json"]  # fmt: skip
+        _, out = timed(lab, same)
+        (one,) = [r for t in json.loads(out)["targets"] for r in t["results"]]
+        assert one["facts"]["ntlm"]["dns_computer"] == nmap["DNS_Computer_Name"], one
+        t_nmap: list[float] = []
+        t_ours: list[float] = []
+        t_same: list[float] = []
+        for _ in range(args.rounds):
+            t_nmap.append(timed(lab, NMAP)[0])
+            t_ours.append(timed(lab, ours)[0])
+            t_same.append(timed(lab, same)[0])
+        mn, mo, ms = (statistics.median(t) for t in (t_nmap, t_ours, t_same))
+        print(f"exprobe check: one http check (headers, NTLM, certificate: nmap's facts): "
+              f"median {ms * 1000:.0f} ms, ratio nmap/exprobe {mn / ms:.2f}")
+        print("nmap http-headers,http-ntlm-info,ssl-cert (1 port, 3 scripts): "
+              f"median {mn * 1000:.0f} ms")
+        print(f"exprobe run: http+NTLM and exchange-http x {len(VDIRS)} vdirs "
+              f"({len(results)} checks, {facts} top-level facts): "
+              f"median {mo * 1000:.0f} ms")
+        print(f"ratio nmap/exprobe: {mn / mo:.2f} ({args.rounds} interleaved rounds)")
+    finally:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data shipped with exprobe: the Exchange build table (exchange_builds.toml)."""

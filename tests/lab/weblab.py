@@ -1,0 +1,253 @@
+"""The web lab: nginx in front of two scripted Exchange backends, and the middleboxes.
+
+Two network namespaces joined by one veth pair, IPv4 and IPv6:
+
+    xpweb-cli 10.252.0.1 / fd00:e7::1  ──  xpweb-srv 10.252.0.2 / fd00:e7::2
+
+In xpweb-srv, two scripted Exchange backends (tests/peers/exchange_http.py) listen on
+127.0.0.1:8081 (EX1, ex1.corp.example) and 127.0.0.1:8082 (EX2, ex2.corp.example), and a
+real nginx fronts them on the lab address (TLS with a trustme certificate for
+mail.corp.example unless noted):
+
+| port | what nginx is |
+|---|---|
+| 80   | plain HTTP proxy to EX1 |
+| 443  | TLS proxy to EX1 (the healthy path) |
+| 4432 | TLS proxy to EX2 |
+| 4430 | TLS pool of EX1 and EX2, round robin (one upstream connection per request) |
+| 4433 | TLS proxy to EX1 that refuses /mapi/ (403) and the RPC verbs (405) |
+| 4434 | TLS "WAF": every path redirects to its own login page |
+| 4435 | TLS proxy to EX1 that replaces WWW-Authenticate with its own Basic (auth offload) |
+| 4436 | TLS proxy to EX1 with another certificate (an SSL-inspecting middlebox) |
+| 4437 | TLS proxy to EX1, but nftables in xpweb-srv rejects it with a TCP reset |
+
+Command line (root):  python -m tests.lab.weblab up|down
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NS = {"cli": "xpweb-cli", "srv": "xpweb-srv"}
+SERVER = {4: "10.252.0.2", 6: "fd00:e7::2"}
+CLIENT = {4: "10.252.0.1", 6: "fd00:e7::1"}
+NAME = "mail.corp.example"
+BACKENDS = {"EX1": 8081, "EX2": 8082}
+BUILD = "15.2.1544.4"
+PORTS = {"plain": 80, "ex1": 443, "ex2": 4432, "pool": 4430, "refuse": 4433, "waf": 4434,
+         "strip": 4435, "inspect": 4436, "reset": 4437}  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
+
+LOGIN_PAGE = (
+    "<!DOCTYPE html><html><head><title>Sign in</title></head><body>"
+    "<form method=post action=/login><input name=user>"
+    "<input type=\\\"password\\\" name=pass></form></body></html>"
+)
+
+
+class WebLabError(RuntimeError):
+    """The web lab could not be set up."""
+
+
+def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30,
+                          check=False, input=input)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise WebLabError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def ns_argv(node: str, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", NS[node], *argv]
+
+
+def _nginx_conf(d: Path) -> str:
+    tls = f"ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;"
+    other = f"ssl_certificate {d}/other.pem; ssl_certificate_key {d}/other-key.pem;"
+    proxy = (
+        "proxy_http_version 1.1; proxy_set_header Connection \"\"; "
+        "proxy_set_header Host $host; proxy_pass http://{up};"
+    )
+
+    def server(port: int, body: str, *, cert: str = tls, ssl_on: bool = True) -> str:
+        listen = f"listen {SERVER[4]}:{port}{' ssl' if ssl_on else ''}; " \
+                 f"listen [{SERVER[6]}]:{port}{' ssl' if ssl_on else ''};"
+        return f"server {{ {listen} server_name {NAME}; {cert if ssl_on else ''} {body} }}\n"
+
+    ex1 = "location / { " + proxy.format(up="ex1") + " }"
+    return (
+        f"worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn; daemon off;\n"
+        "user root root;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n"
+        f"fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
+        "default_type text/html; keepalive_timeout 30s; server_tokens on;\n"
+        f"upstream ex1 {{ server 127.0.0.1:{BACKENDS['EX1']}; }}\n"
+        f"upstream ex2 {{ server 127.0.0.1:{BACKENDS['EX2']}; }}\n"
+        f"upstream pool {{ server 127.0.0.1:{BACKENDS['EX1']}; server 127.0.0.1:{BACKENDS['EX2']}; }}\n"
+        + server(PORTS["plain"], ex1, ssl_on=False)
+        + server(PORTS["ex1"], ex1)
+        + server(PORTS["ex2"], "location / { " + proxy.format(up="ex2") + " }")
+        + server(PORTS["pool"], "location / { " + proxy.format(up="pool") + " }")
+        + server(PORTS["refuse"],
+                 "if ($request_method ~ ^RPC_) { return 405; } "
+                 "location /mapi/ { return 403; } " + ex1)
+        + server(PORTS["waf"],
+                 f"location = /login {{ return 200 \"{LOGIN_PAGE}\"; }} "
+                 "location / { return 302 /login; }")
+        + server(PORTS["strip"],
+                 "location / { proxy_hide_header WWW-Authenticate; "
+                 "add_header WWW-Authenticate 'Basic realm=\"proxy\"' always; "
+                 + proxy.format(up="ex1") + " }")
+        + server(PORTS["inspect"], ex1, cert=other)
+        + server(PORTS["reset"], ex1)
+        + "}\n"
+    )
+
+
+@dataclass
+class WebLab:
+    """`up()` builds the lab, `down()` removes every trace of it."""
+
+    dir: Path | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ca_pem: Path | None = None
+    cert_sha256: str = ""
+    other_sha256: str = ""
+
+    def up(self) -> None:
+        self.down()
+        try:
+            self._net()
+            self._certs()
+            for name, port in BACKENDS.items():
+                self._start([sys.executable, "-m", "tests.peers.exchange_http", "--listen",
+                             "127.0.0.1", "--port", str(port), "--name", name,
+                             "--domain", "corp.example", "--build", BUILD], ready=True)  # fmt: skip
+            self._nginx()
+            self._firewall()
+        except BaseException:
+            self.down()
+            raise
+
+    def _net(self) -> None:
+        for ns in NS.values():
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "link", "add", "xpweb0", "netns", NS["cli"], "type", "veth",
+              "peer", "name", "xpweb1", "netns", NS["srv"]])  # fmt: skip
+        for node, dev in (("cli", "xpweb0"), ("srv", "xpweb1")):
+            addr4 = CLIENT[4] if node == "cli" else SERVER[4]
+            addr6 = CLIENT[6] if node == "cli" else SERVER[6]
+            _run(["ip", "-n", NS[node], "addr", "add", f"{addr4}/24", "dev", dev])
+            _run(["ip", "-n", NS[node], "-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad"])
+            _run(["ip", "-n", NS[node], "link", "set", dev, "up"])
+
+    def _certs(self) -> None:
+        import trustme
+
+        self.dir = Path(tempfile.mkdtemp(prefix="xpweb-"))
+        self.dir.chmod(0o755)
+        ca = trustme.CA()
+        for stem, names in (("cert", [NAME, SERVER[4], SERVER[6]]), ("other", [NAME])):
+            leaf = ca.issue_cert(*names) if stem == "cert" else trustme.CA().issue_cert(*names)
+            key = "key" if stem == "cert" else "other-key"
+            leaf.private_key_pem.write_to_path(str(self.dir / f"{key}.pem"))
+            leaf.cert_chain_pems[0].write_to_path(str(self.dir / f"{stem}.pem"))
+            der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+            digest = hashlib.sha256(der).hexdigest()
+            if stem == "cert":
+                self.cert_sha256 = digest
+            else:
+                self.other_sha256 = digest
+        self.ca_pem = self.dir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_pem))
+
+    def _nginx(self) -> None:
+        assert self.dir is not None
+        for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        conf = self.dir / "nginx.conf"
+        conf.write_text(_nginx_conf(self.dir))
+        self._start(["nginx", "-c", str(conf), "-p", str(self.dir)], ready=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (self.dir / "nginx.pid").exists():
+                return
+            if self.procs[-1].poll() is not None:
+                break
+            time.sleep(0.05)
+        log = (self.dir / "error.log").read_text() if (self.dir / "error.log").exists() else ""
+        raise WebLabError(f"nginx did not start: {log.strip()[-500:]}")
+
+    def _firewall(self) -> None:
+        ruleset = (
+            "table inet xpweb {\n  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            f"    tcp dport {PORTS['reset']} reject with tcp reset\n  }}\n}}\n"
+        )
+        _run(ns_argv("srv", ["nft", "-f", "-"]), input=ruleset)
+
+    def _start(self, argv: list[str], *, ready: bool) -> None:
+        proc = subprocess.Popen(
+            ns_argv("srv", argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        if ready:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise WebLabError(f"{argv[2]} did not start")
+
+    def cli(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the client namespace (with this worktree on PYTHONPATH)."""
+        return subprocess.run(
+            ns_argv("cli", argv), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}, check=False,
+        )  # fmt: skip
+
+    def down(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self.procs.clear()
+        for ns in NS.values():
+            _run(["ip", "netns", "del", ns], check=False)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def main() -> None:
+    lab = WebLab()
+    if sys.argv[1:] == ["up"]:
+        lab.up()
+        print(f"web lab up: {lab.dir}; Ctrl-C to tear down")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+        lab.down()
+    else:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
