@@ -291,7 +291,7 @@ def test_set_overrides_port_and_params() -> None:
         (
             "x400.rfc1006_port=10102",
             "--set x400.rfc1006_port=10102: check 'x400' (probe rfc1006) has no parameter"
-            " 'rfc1006_port' (known: called_tsap, calling_tsap, port, tls, tpdu_size)",
+            " 'rfc1006_port' (known: called_tsap, calling_tsap, port, tls, tls_version, tls_versions, tpdu_size)",
         ),
         ("x400.port=ten", "--set x400.port=ten: port: expected an integer in 1-65535, got 'ten'"),
         ("x400.port=0", "--set x400.port=0: port: 0 is not in 1-65535"),
@@ -449,7 +449,8 @@ def test_profiles_show_json() -> None:
             "probe": "rfc1006",
             "port": 10102,
             "title": "MTA over RFC 1006 (ISO transport over TCP), X.400 connector",
-            "params": {"tls": "none", "calling_tsap": "", "called_tsap": "", "tpdu_size": 1024},
+            "params": {"tls": "none", "tls_versions": False, "tls_version": "", "calling_tsap": "",
+                       "called_tsap": "", "tpdu_size": 1024},
         }
     ]
     pop = by_id["pop3-retrieve"]
