@@ -132,8 +132,8 @@ def test_gc_rootdse_on_3268(adlab: AdLab) -> None:
     assert set(f["supported_sasl_mechanisms"]) == {"GSS-SPNEGO", "GSSAPI", "NTLM"}
     # currentTime has a resolution of one second and is truncated.
     assert -2 < f["clock_skew_s"] < 1
-    assert (f["ntlm_offered"], f["ntlm_mechanism"]) == (True, "NTLM")
     ntlm = f["ntlm"]
+    assert (ntlm["offered"], ntlm["mechanism"]) == (True, "NTLM")
     assert (ntlm["netbios_computer"], ntlm["netbios_domain"]) == (HOST, NETBIOS_DOMAIN)
     assert (ntlm["dns_computer"], ntlm["dns_domain"]) == (DNS_HOST, DNS_DOMAIN)
     assert r["warnings"] == []
@@ -198,8 +198,8 @@ def test_smb_negotiate_and_ntlm_identity(adlab: AdLab, family: int) -> None:
     assert re.fullmatch(r"[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}", f["server_guid"])
     assert f["capabilities"] == ["DFS", "LEASING", "LARGE_MTU"]
     assert abs(f["clock_skew_s"]) < 2
-    assert f["ntlm_offered"] is True
     ntlm = f["ntlm"]
+    assert ntlm["offered"] is True
     assert (ntlm["netbios_computer"], ntlm["netbios_domain"]) == (HOST, NETBIOS_DOMAIN)
     assert (ntlm["dns_computer"], ntlm["dns_domain"]) == (DNS_HOST, DNS_DOMAIN)
     assert ntlm["target_name"] == NETBIOS_DOMAIN

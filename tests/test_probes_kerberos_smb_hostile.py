@@ -244,8 +244,8 @@ async def test_smb_ntlm_identity_from_scripted_challenge() -> None:
     async with peer(smb_server(neg, session_setup_reply(blob))) as port:
         r = await check("smb", port, SmbParams())
     assert r.status == "success", r.message
-    assert r.facts["ntlm_offered"] is True
     ntlm = r.facts["ntlm"]
+    assert ntlm["offered"] is True
     assert (ntlm["netbios_computer"], ntlm["dns_computer"]) == ("FSW1", "fsw1.corp.example")
     assert (ntlm["netbios_domain"], ntlm["os_version"]) == ("CORP", "10.0.17763")
     assert r.message == "SMB 3.1.1, signing required, fsw1.corp.example (CORP)"
@@ -268,7 +268,7 @@ async def test_smb_session_setup_refused_is_a_warning() -> None:
     async with peer(smb_server(neg, refused)) as port:
         r = await check("smb", port, SmbParams())
     assert r.status == "success", r.message
-    assert r.facts["ntlm_offered"] is False
+    assert r.facts["ntlm"] == {"offered": False, "status": "0xc0000022"}
     assert r.warnings == ("no NTLM CHALLENGE in the SESSION_SETUP answer (status 0xc0000022)",)
 
 
@@ -337,7 +337,7 @@ async def test_ldap_gc_not_ready_skewed_and_ntlm_over_gss_spnego() -> None:
     assert (f["forest_functionality"], f["forest_functionality_name"]) == (99, "level 99")
     assert "dc_functionality" not in f  # "abc" is not a level
     assert -7202 < f["clock_skew_s"] < -7198
-    assert (f["ntlm_offered"], f["ntlm_mechanism"]) == (True, "GSS-SPNEGO")
+    assert (f["ntlm"]["offered"], f["ntlm"]["mechanism"]) == (True, "GSS-SPNEGO")
     assert (f["ntlm"]["netbios_computer"], f["ntlm"]["dns_domain"]) == ("DC9", "corp.example")
     assert len(r.warnings) == 2
     assert r.warnings[0].startswith("clock skew -7")
@@ -360,8 +360,24 @@ async def test_ldap_ntlm_refused_is_a_warning() -> None:
     async with peer(ad_directory(refused, ad_rootdse())) as port:
         r = await check("ldap", port, LdapParams(ntlm=True))
     assert r.status == "success"
-    assert r.facts["ntlm_offered"] is False
-    assert r.warnings == ("no NTLM CHALLENGE to a SASL GSS-SPNEGO bind (7 authMethodNotSupported)",)
+    assert r.facts["ntlm"] == {
+        "offered": True,
+        "mechanism": "GSS-SPNEGO",
+        "refused": "SASL GSS-SPNEGO bind: 7 authMethodNotSupported: no",
+    }
+    assert r.warnings == (
+        "NTLM is offered but the exchange was refused: "
+        "SASL GSS-SPNEGO bind: 7 authMethodNotSupported: no",
+    )
+
+
+async def test_ldap_ntlm_not_offered_sends_nothing() -> None:
+    rootdse = {**ad_rootdse(), "supportedSASLMechanisms": ["GSSAPI"]}
+    async with peer(ad_directory(challenge_reply, rootdse)) as port:
+        r = await check("ldap", port, LdapParams(ntlm=True))
+    assert r.status == "success"
+    assert r.facts["ntlm"] == {"offered": False}
+    assert not any("NTLMSSP" in line for line in r.transcript)
 
 
 async def test_ldap_gc_on_a_directory_that_is_not_ad() -> None:

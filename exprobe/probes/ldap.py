@@ -40,6 +40,7 @@ from typing import Any
 from exprobe.errors import ApplicationError, ProbeError, ProtocolError
 from exprobe.net.stream import Stream
 from exprobe.probes.base import Params, ProbeContext, register
+from exprobe.probes.smb import identity_facts
 from exprobe.status import Status
 from exprobe.wire.ldap import (
     NOTICE_OF_DISCONNECTION_OID,
@@ -415,6 +416,10 @@ async def _ntlm(conv: _Conversation, ctx: ProbeContext, version: int) -> None:
     """SASL bind with an NTLMSSP NEGOTIATE; the CHALLENGE's identity as facts.  A server
     that does not answer with a challenge is a warning, not a failure."""
     offered = ctx.facts.get("supported_sasl_mechanisms") or []
+    if not ({"NTLM", "GSS-SPNEGO"} & set(offered)) and offered:
+        ctx.facts["ntlm"] = {"offered": False}
+        conv.stream.note("the rootDSE lists neither NTLM nor GSS-SPNEGO: nothing to ask")
+        return
     # AD and Samba list NTLM and GSS-SPNEGO; both accept a bare NTLMSSP token.
     mech = "NTLM" if "NTLM" in offered else "GSS-SPNEGO"
     mid = conv.next_id()
@@ -425,13 +430,12 @@ async def _ntlm(conv: _Conversation, ctx: ProbeContext, version: int) -> None:
     reply = await conv.expect(mid, _BIND)
     creds = reply.server_sasl_creds
     if reply.result_code != 14 or not creds:
-        ctx.facts["ntlm_offered"] = False
-        ctx.warn(f"no NTLM CHALLENGE to a SASL {mech} bind ({reply.result_text})")
+        said = conv.failure(f"SASL {mech} bind", reply)[:120]
+        ctx.facts["ntlm"] = {"offered": True, "mechanism": mech, "refused": said}
+        ctx.warn(f"NTLM is offered but the exchange was refused: {said}")
         return
-    ntlm = decode_challenge(creds).facts()
-    ctx.facts["ntlm_offered"] = True
-    ctx.facts["ntlm_mechanism"] = mech
-    ctx.facts["ntlm"] = ntlm
+    ntlm = identity_facts(decode_challenge(creds))
+    ctx.facts["ntlm"] = {**ntlm, "mechanism": mech}
 
 
 async def _bind(conv: _Conversation, version: int) -> LdapMessage:

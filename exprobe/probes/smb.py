@@ -21,10 +21,12 @@ An SMB1 answer, a non-SMB answer or an error status to NEGOTIATE is protocol-err
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from exprobe.net.stream import Stream
+from exprobe.probes._text import first_line
 from exprobe.probes.base import Params, ProbeContext, register
-from exprobe.wire.ntlm import negotiate_message
+from exprobe.wire.ntlm import NtlmChallenge, negotiate_message
 from exprobe.wire.smb import (
     FRAME_HEADER,
     decode_negotiate,
@@ -35,6 +37,7 @@ from exprobe.wire.smb import (
     spnego_ntlm_negotiate,
 )
 
+_NAMED = ("netbios_domain", "dns_computer")  # what the transcript line names
 CLOCK_SKEW_LIMIT_S = 300  # Kerberos, which SMB to a DC uses, fails past 5 minutes
 
 
@@ -48,6 +51,15 @@ class SmbParams(Params):
         Params.__post_init__(self)
         if self.tls != "none":
             raise ValueError(f'smb has no TLS: tls must be "none", not {self.tls!r}')
+
+
+def identity_facts(challenge: NtlmChallenge) -> dict[str, Any]:
+    """`facts.ntlm` as the mail probes write it: `offered`, then the CHALLENGE's identity
+    (names as one line of at most 100 characters)."""
+    facts: dict[str, Any] = {"offered": True}
+    for key, value in challenge.facts().items():
+        facts[key] = first_line(value, 100) if isinstance(value, str) else value
+    return facts
 
 
 async def _read(stream: Stream) -> bytes:
@@ -89,10 +101,10 @@ async def smb(stream: Stream, params: SmbParams, ctx: ProbeContext) -> None:
         reply = decode_session_setup(await _read(stream))
         if reply.challenge is None:
             stream.transcript.add("S", f"SESSION_SETUP response status 0x{reply.status:08x}")
-            ctx.facts["ntlm_offered"] = False
+            ctx.facts["ntlm"] = {"offered": False, "status": f"0x{reply.status:08x}"}
             ctx.warn(f"no NTLM CHALLENGE in the SESSION_SETUP answer (status 0x{reply.status:08x})")
         else:
-            ntlm = reply.challenge.facts()
+            ntlm = identity_facts(reply.challenge)
             stream.transcript.add(
                 "S",
                 "SESSION_SETUP response MORE_PROCESSING_REQUIRED NTLM CHALLENGE "
@@ -100,7 +112,6 @@ async def smb(stream: Stream, params: SmbParams, ctx: ProbeContext) -> None:
                     f"{k}={ntlm[k]}" for k in ("netbios_domain", "dns_computer") if k in ntlm
                 ),
             )
-            ctx.facts["ntlm_offered"] = True
             ctx.facts["ntlm"] = ntlm
             name = ntlm.get("dns_computer") or ntlm.get("netbios_computer")
             if name:
