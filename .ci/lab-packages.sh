@@ -22,7 +22,10 @@ PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-
           # mtr-tiny: test_hops_lab.py and bench/trace_vs_traceroute.py compare with them.
           procps traceroute mtr-tiny
           # nginx: the TLS front, pool and middleboxes of the web lab (tests/lab/weblab.py).
-          nginx)
+          nginx
+          # dnsmasq-base: the two DNS views of the Autodiscover lab (tests/lab/dnslab.py);
+          # the binary alone, no system service.
+          dnsmasq-base)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"
 APT_OPTS=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
           -o Dpkg::Options::=--force-confold --no-install-recommends)

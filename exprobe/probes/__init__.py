@@ -22,6 +22,7 @@ PROBE_MODULES = (
     "msrpc",
     "http",
     "tls",
+    "autodiscover",
 )
 
 # Probes registered by a module of another name.
