@@ -143,7 +143,6 @@ class ProbeContext:
         if self.tls_options.verify and report.problem:
             raise TlsError(f"certificate rejected: {report.problem}")
 
-
     def _derive_tls_versions(self) -> None:
         """One follow-up check per TLS version: the same dialogue, that version only."""
         check = self.check
