@@ -23,6 +23,9 @@ PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-
           procps traceroute mtr-tiny
           # nginx: the TLS front, pool and middleboxes of the web lab (tests/lab/weblab.py).
           nginx
+          # dnsmasq-base: the two DNS views of the Autodiscover lab (tests/lab/dnslab.py);
+          # the binary alone, no system service.
+          dnsmasq-base
           # tests/lab/adlab.py: a Samba AD DC (Kerberos, GC, SMB); kinit and smbclient agree.
           samba-ad-dc samba-ad-provision krb5-user smbclient winbind)
 SNAP7_VERSION="${LAB_SNAP7_VERSION:-3.3.0}"

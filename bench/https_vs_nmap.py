@@ -36,6 +36,10 @@ VDIRS = ("owa", "ecp", "autodiscover", "ews", "mapi", "nspi", "rpc", "oab", "eas
 NMAP = ["nmap", "-Pn", "-n", "-p", str(PORTS["ex1"]), "--script",
         "http-headers,http-ntlm-info,ssl-cert", "--script-args",
         "http-ntlm-info.root=/ews/", SERVER[4]]  # fmt: skip
+# The issue's comparison: service detection and the TLS versions and ciphers too.
+NMAP_FULL = ["nmap", "-sV", "-Pn", "-n", "-p", str(PORTS["ex1"]), "--script",
+             "http-ntlm-info,ssl-cert,ssl-enum-ciphers", "--script-args",
+             "http-ntlm-info.root=/ews/", SERVER[4]]  # fmt: skip
 
 
 def profile() -> str:
@@ -90,13 +94,26 @@ def main() -> None:
         _, out = timed(lab, same)
         (one,) = [r for t in json.loads(out)["targets"] for r in t["results"]]
         assert one["facts"]["ntlm"]["dns_computer"] == nmap["DNS_Computer_Name"], one
+        full = [*ours, "--tls-versions"]
+        _, full_out = timed(lab, full)
+        versions = sorted(
+            r["facts"]["tls_version_tried"] for t in json.loads(full_out)["targets"]
+            for r in t["results"] if r["status"] == "success" and "tls_version_tried" in r["facts"]
+        )  # fmt: skip
+        _, nmap_full_out = timed(lab, NMAP_FULL)
+        theirs = sorted(set(re.findall(r"\|\s+TLSv(1\.[0-3]):", nmap_full_out)))
+        assert sorted(set(versions)) == theirs, (versions, theirs)
         t_nmap: list[float] = []
         t_ours: list[float] = []
         t_same: list[float] = []
+        t_nfull: list[float] = []
+        t_full: list[float] = []
         for _ in range(args.rounds):
             t_nmap.append(timed(lab, NMAP)[0])
             t_ours.append(timed(lab, ours)[0])
             t_same.append(timed(lab, same)[0])
+            t_nfull.append(timed(lab, NMAP_FULL)[0])
+            t_full.append(timed(lab, full)[0])
         mn, mo, ms = (statistics.median(t) for t in (t_nmap, t_ours, t_same))
         print(f"exprobe check: one http check (headers, NTLM, certificate: nmap's facts): "
               f"median {ms * 1000:.0f} ms, ratio nmap/exprobe {mn / ms:.2f}")
@@ -106,6 +123,10 @@ def main() -> None:
               f"({len(results)} checks, {facts} top-level facts): "
               f"median {mo * 1000:.0f} ms")
         print(f"ratio nmap/exprobe: {mn / mo:.2f} ({args.rounds} interleaved rounds)")
+        nf, of = statistics.median(t_nfull), statistics.median(t_full)
+        print(f"nmap -sV http-ntlm-info,ssl-cert,ssl-enum-ciphers: median {nf * 1000:.0f} ms;"
+              f" exprobe run of the same with --tls-versions (TLS {', '.join(theirs)} agree;"
+              f" no cipher lists): median {of * 1000:.0f} ms; ratio nmap/exprobe {nf / of:.2f}")
     finally:
         lab.down()
 

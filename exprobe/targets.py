@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exprobe.errors import InputError
+from exprobe.net.dns import Resolver
 
 MAX_FILE_BYTES = 16 << 20
 MAX_LINE = 4096
@@ -252,12 +253,20 @@ def resolve_literal(
     return Resolved(target, [], pending=target.addresses())
 
 
-async def resolve(target: Target, family: int = socket.AF_UNSPEC) -> Resolved:
-    """Every A and AAAA address of a name (once per run), or the literal addresses."""
+async def resolve(
+    target: Target, family: int = socket.AF_UNSPEC, resolver: Resolver | None = None
+) -> Resolved:
+    """Every A and AAAA address of a name (once per run), or the literal addresses.
+    `resolver` (`--dns-server`) asks that DNS server instead of `getaddrinfo`."""
     if not target.is_name:
         return resolve_literal(target, family)
-    loop = asyncio.get_running_loop()
     assert target.host is not None
+    if resolver is not None:
+        ans = await resolver.addresses(target.host, family)
+        if ans.error is not None:
+            return Resolved(target, [], f"dns-error: {ans.describe()} (asked {resolver.label})")
+        return Resolved(target, [str(a) for a in ans.records])
+    loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(target.host, None, family=family, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

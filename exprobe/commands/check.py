@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Annotated
@@ -11,8 +12,19 @@ from rich.table import Table
 from rich.text import Text
 
 from exprobe.cli import app, family_of, make_console, run_async
-from exprobe.commands.common import EngineArgs, parse_check_option, trace_options
-from exprobe.commands.run import MaxHopsOpt, ResolveHopsOpt, TlsVersionsOpt, TraceOpt
+from exprobe.commands.common import (
+    EngineArgs,
+    make_resolver,
+    parse_check_option,
+    trace_options,
+)
+from exprobe.commands.run import (
+    DnsServerOpt,
+    MaxHopsOpt,
+    ResolveHopsOpt,
+    TlsVersionsOpt,
+    TraceOpt,
+)
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.report.safe import printable
@@ -71,6 +83,7 @@ def check(
     max_hops: MaxHopsOpt = 30,
     resolve_hops: ResolveHopsOpt = False,
     tls_versions: TlsVersionsOpt = False,
+    dns_server: DnsServerOpt = None,
 ) -> None:
     """Run one check and show every step, the transcript and the facts."""
     if fmt not in ("table", "json"):
@@ -99,9 +112,11 @@ def check(
         per_host=4,
     ).build(1024)
     tracing = trace_options(trace, max_hops, resolve_hops, opts)
+    opts = dataclasses.replace(opts, dns_server=dns_server)
     session = Session(
-        [target], [definition], opts, limits, family_of(ipv4, ipv6), trace=tracing
-    )
+        [target], [definition], opts, limits, family_of(ipv4, ipv6), trace=tracing,
+        resolver=make_resolver(dns_server),
+    )  # fmt: skip
     report = run_async(session.run())
     for note in session.notes:
         print(f"exprobe: {note}", file=sys.stderr)

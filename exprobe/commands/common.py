@@ -13,6 +13,7 @@ from exprobe.engine.runner import RunOptions
 from exprobe.engine.scheduler import Limits
 from exprobe.engine.tracing import MODES, TraceOptions
 from exprobe.errors import InputError
+from exprobe.net.dns import Resolver, parse_server
 from exprobe.net.tls import TlsOptions
 from exprobe.net.trace import MAX_HOPS
 from exprobe.probes import get as get_probe
@@ -107,6 +108,14 @@ def validate_source(source: str | None) -> None:
             raise InputError(
                 f"--source {source}: not an address of this machine ({exc.strerror})"
             ) from None
+
+
+def make_resolver(server: str | None) -> Resolver | None:
+    """`--dns-server ADDR[:PORT]`, validated (InputError), or None: the system's resolver."""
+    if server is None:
+        return None
+    parse_server(server)
+    return Resolver(server)
 
 
 def trace_options(

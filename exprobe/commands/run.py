@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from exprobe.commands.common import (
     EngineArgs,
     adhoc_defs,
     gather_targets,
+    make_resolver,
     trace_options,
     with_tls_versions,
 )
@@ -152,6 +154,14 @@ MaxHopsOpt = Annotated[int, typer.Option("--max-hops", help="Longest trace (TTL)
 ResolveHopsOpt = Annotated[
     bool, typer.Option("--resolve-hops", help="Reverse DNS names of the hops, with --trace.")
 ]
+DnsServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dns-server",
+        help="Resolve names (targets, autodiscover's records) at this DNS server: ADDR[:PORT].",
+        show_default=False,
+    ),
+]
 TlsVersionsOpt = Annotated[
     bool,
     typer.Option(
@@ -220,6 +230,7 @@ def run(
     max_hops: MaxHopsOpt = 30,
     resolve_hops: ResolveHopsOpt = False,
     tls_versions: TlsVersionsOpt = False,
+    dns_server: DnsServerOpt = None,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -291,6 +302,8 @@ def run(
     )
     opts, limits = engine.build(fd_limit)
     tracing = trace_options(trace, max_hops, resolve_hops, opts)
+    make_resolver(dns_server)  # a bad --dns-server is exit 2 before anything is probed
+    opts = dataclasses.replace(opts, dns_server=dns_server)
     session = Session(
         target_list,
         defs,
@@ -305,6 +318,7 @@ def run(
             and tracing is None
         ),
         trace=tracing,
+        resolver=make_resolver(dns_server),
     )
     session.report.profile = profile_info
     report, signum = execute(session, fmt=fmt, output=output, verbose=verbose, no_color=no_color)

@@ -62,6 +62,15 @@ def plan(
                 (d, d.resolved_port(port_offset)) for d in checks_for(t.port, defs, port_offset)
             ]
         name = t.host
+        # A probe that opens no connection (autodiscover) runs once per target, whether
+        # or not the target's own name resolved.
+        lookups = [x for x in host_defs if not get_probe(x[0].probe).connects]
+        if lookups:
+            host_defs = [x for x in host_defs if get_probe(x[0].probe).connects]
+            for d, port in lookups:
+                yield CheckSpec(
+                    d.id, d.probe, None, port, d.params, t.text, server_name=name, labels=t.labels
+                )
         if res.error:
             for d, port in host_defs:
                 yield CheckSpec(

@@ -40,6 +40,7 @@ class RunOptions:
     tls: TlsOptions = field(default_factory=TlsOptions)
     verbose: bool = False
     port_offset: int = 0
+    dns_server: str | None = None  # --dns-server, for probes that look names up themselves
 
 
 @dataclass(slots=True)
@@ -61,13 +62,17 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
     started_at = now_iso()
     t0 = time.perf_counter()
     ctx = ProbeContext(
-        check=check, tls_options=opts.tls, verbose=opts.verbose, port_offset=opts.port_offset
-    )
+        check=check, tls_options=opts.tls, verbose=opts.verbose, port_offset=opts.port_offset,
+        dns_server=opts.dns_server,
+    )  # fmt: skip
     connect_ms: float | None = None
     stream: Stream | None = None
     classified: Classified | None = None
     message = ""
 
+    spec = get_probe(check.probe)
+    if not spec.connects and spec.func is not None:
+        return await _lookup_check(check, ctx, spec.func, opts, t0, started_at)
     if check.address is None:
         return Outcome(
             _result(
@@ -83,7 +88,6 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
             ),
             [],
         )
-    spec = get_probe(check.probe)
     phase = "connect"
     try:
         async with asyncio.timeout(opts.timeout):
@@ -163,6 +167,35 @@ async def run_check(check: CheckSpec, opts: RunOptions) -> Outcome:
         check, ctx, status, state, failed_step, t0, connect_ms, started_at, message, stream
     )
     return Outcome(result, ctx.derived if status is Status.SUCCESS or ctx.derived else [])
+
+
+async def _lookup_check(
+    check: CheckSpec, ctx: ProbeContext, func: Any, opts: RunOptions, t0: float, started_at: str
+) -> Outcome:
+    """A probe that opens no connection: its function, with no stream, within the
+    check's deadline; what it derives is run like any other check."""
+    classified: Classified | None = None
+    try:
+        async with asyncio.timeout(opts.timeout):
+            await func(None, check.params, ctx)
+    except ProbeError as exc:
+        classified = Classified(exc.status, PortState.UNKNOWN, exc.message)
+        ctx.facts.update(exc.facts)
+    except TimeoutError:
+        classified = Classified(Status.IO_TIMEOUT, PortState.UNKNOWN, "deadline passed")
+    except Exception as exc:
+        classified = Classified(
+            Status.INTERNAL_ERROR, PortState.UNKNOWN, f"bug in exprobe: {type(exc).__name__}: {exc}"
+        )
+    if classified is None:
+        ctx.finish_steps()
+        status, state, failed, message = Status.SUCCESS, PortState.UNKNOWN, None, ctx.summary or ""
+    else:
+        ctx.finish_steps(outcome=classified.status.value)
+        status, state = classified.status, classified.port_state
+        failed, message = ctx.current_step, classified.reason
+    result = _result(check, ctx, status, state, failed, t0, None, started_at, message)
+    return Outcome(result, ctx.derived)
 
 
 async def _connect_check(check: CheckSpec, address: str, opts: RunOptions) -> Outcome:

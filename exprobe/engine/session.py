@@ -19,6 +19,8 @@ from exprobe.engine.runner import RunOptions, run_check
 from exprobe.engine.scheduler import Limits, run_pool
 from exprobe.engine.shard import run_sharded, shard_count
 from exprobe.engine.tracing import TraceOptions, trace_report
+from exprobe.net.dns import Resolver
+from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec
 from exprobe.result import CheckResult, RunReport, TargetReport, now_iso
 from exprobe.targets import Resolved, Target, resolve, resolve_literal
@@ -40,6 +42,7 @@ class Session:
     report: RunReport = field(default_factory=lambda: RunReport(started_at=now_iso()))
     total_planned: int = 0
     trace: TraceOptions | None = None  # --trace: the hop phase after the checks
+    resolver: Resolver | None = None  # --dns-server: names resolved there, not by getaddrinfo
     notes: list[str] = field(default_factory=list)  # for the user (stderr)
 
     async def resolve_names(self) -> dict[int, Resolved]:
@@ -47,12 +50,16 @@ class Session:
         up concurrently (bounded).  Literal targets need no lookup at all."""
         names = [i for i, t in enumerate(self.targets) if t.is_name]
         out: dict[int, Resolved] = {}
+        if self.defs and not any(get_probe(d.probe).connects for d in self.defs):
+            # Only lookup probes (autodiscover): they resolve what they need themselves;
+            # the target's own name need not resolve.
+            return {i: Resolved(self.targets[i], []) for i in names}
         if names:
             sem = asyncio.Semaphore(DNS_CONCURRENCY)
 
             async def one(i: int) -> None:
                 async with sem:
-                    out[i] = await resolve(self.targets[i], self.family)
+                    out[i] = await resolve(self.targets[i], self.family, self.resolver)
 
             await asyncio.gather(*(one(i) for i in names))
         return out
@@ -122,9 +129,11 @@ class Session:
                     lambda outcome: deliver(outcome.result),
                     expected=self.total_planned,
                 )
-            if self.trace is not None and keep:
+            if keep:
                 self._attach(by_key)
                 attached = True
+                summarise(rep)
+            if self.trace is not None and keep:
                 self.notes += await trace_report(rep, self.trace, self.limits)
         except asyncio.CancelledError:
             rep.interrupted = True
@@ -158,11 +167,30 @@ class Session:
             per_addr.setdefault(addr, []).append(r)
         for rs in per_addr.values():
             rs.sort(key=lambda r: (r.parent is not None, r.port, r.id))
+        # Results at no address of any target: a lookup probe's (keyed by the target) and
+        # the checks it derived at other hosts' addresses (autodiscover's methods).
+        known = {a for t in self.report.targets for a in t.addresses}
+        elsewhere = [r for a, rs in per_addr.items() if a not in known for r in rs]
         for t in self.report.targets:
+            mine = [r for r in elsewhere if r.target == t.target]
             if t.error:
-                t.results = per_addr.get(t.target, [])
+                t.results = mine
             else:
-                t.results = [r for a in t.addresses for r in per_addr.get(a, [])]
+                t.results = [r for a in t.addresses for r in per_addr.get(a, [])] + mine
+
+
+def summarise(report: RunReport) -> None:
+    """Let each probe that summarises (autodiscover) restate its result from the results
+    of the checks it derived."""
+    results = report.all_results()
+    new: dict[int, CheckResult] = {}
+    for r in results:
+        hook = get_probe(r.probe).summarise
+        if hook is not None:
+            kids = [c for c in results if c.parent == r.id and c.target == r.target]
+            new[id(r)] = hook(r, kids)
+    if new:
+        report.replace_results(new)
 
 
 def _target_report(r: Resolved) -> TargetReport:

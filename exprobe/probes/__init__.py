@@ -22,6 +22,7 @@ PROBE_MODULES = (
     "msrpc",
     "http",
     "tls",
+    "autodiscover",
     "kerberos",
     "smb",
 )

@@ -85,6 +85,7 @@ class ProbeContext:
     summary: str | None = None  # one line for humans on success
     verbose: bool = False
     port_offset: int = 0  # `--port-offset`: ports a profile pins are shifted like every port
+    dns_server: str | None = None  # `--dns-server`: where a probe's own lookups go
 
     @property
     def current_step(self) -> str | None:
@@ -142,7 +143,6 @@ class ProbeContext:
         if self.tls_options.verify and report.problem:
             raise TlsError(f"certificate rejected: {report.problem}")
 
-
     def _derive_tls_versions(self) -> None:
         """One follow-up check per TLS version: the same dialogue, that version only."""
         check = self.check
@@ -189,6 +189,11 @@ class ProbeSpec:
     tls_ports: dict[str, int] = field(default_factory=dict)  # tls mode -> default port
     summary: str = ""
     tls_capable: bool = False
+    # False: the probe opens no connection (it looks things up and derives checks); the
+    # runner calls it once per target, with no stream, within the check's deadline.
+    connects: bool = True
+    # After the run: the probe's result restated from its derived checks' results.
+    summarise: Callable[[Any, list[Any]], Any] | None = None
 
     def port_for(self, params: Params, port: int | None) -> int:
         if port is not None:
@@ -211,13 +216,16 @@ def register(
     tls_ports: dict[str, int] | None = None,
     summary: str = "",
     tls_capable: bool = False,
+    connects: bool = True,
+    summarise: Callable[[Any, list[Any]], Any] | None = None,
 ) -> Callable[[ProbeFunc], ProbeFunc]:
     """Decorator: add a probe function to the registry under `name`."""
 
     def deco(func: ProbeFunc) -> ProbeFunc:
         REGISTRY[name] = ProbeSpec(
-            name, func, params_type, default_port, dict(tls_ports or {}), summary, tls_capable
-        )
+            name, func, params_type, default_port, dict(tls_ports or {}), summary, tls_capable,
+            connects, summarise,
+        )  # fmt: skip
         return func
 
     return deco
