@@ -46,31 +46,34 @@ def plan(
     """One `CheckSpec` per (address, check), each address probed once however often listed.
 
     Unresolvable names yield one check per definition with no address; the runner turns
-    those into `dns-error` results without touching the network.  Lazy: a sweep of
+    those into `dns-error` results without touching the network.  A probe that opens no
+    connection (autodiscover) gets one check per target, with no address.  Lazy: a sweep of
     100,000 targets holds one check at a time, plus one entry per address seen.
     """
-    # Per target port: the definitions with their ports resolved, computed once.
-    by_port: dict[int | None, list[tuple[CheckDef, int]]] = {}
+    # Per target port: the definitions with their ports resolved, computed once, split
+    # into those that connect and the lookup probes (autodiscover), which run once per
+    # target whether or not the target's own name resolved.
+    by_port: dict[int | None, tuple[list[tuple[CheckDef, int]], list[tuple[CheckDef, int]]]] = {}
     # Per address: the definitions list already planned for it (the usual case: one
     # shared list), or the set of check ids when an address came with different lists.
     seen: dict[str, list[tuple[CheckDef, int]] | set[str]] = {}
     for res in targets:
         t = res.target
-        host_defs = by_port.get(t.port)
-        if host_defs is None:
-            host_defs = by_port[t.port] = [
+        split = by_port.get(t.port)
+        if split is None:
+            both = [
                 (d, d.resolved_port(port_offset)) for d in checks_for(t.port, defs, port_offset)
             ]
+            split = by_port[t.port] = (
+                [x for x in both if get_probe(x[0].probe).connects],
+                [x for x in both if not get_probe(x[0].probe).connects],
+            )
+        host_defs, lookups = split
         name = t.host
-        # A probe that opens no connection (autodiscover) runs once per target, whether
-        # or not the target's own name resolved.
-        lookups = [x for x in host_defs if not get_probe(x[0].probe).connects]
-        if lookups:
-            host_defs = [x for x in host_defs if get_probe(x[0].probe).connects]
-            for d, port in lookups:
-                yield CheckSpec(
-                    d.id, d.probe, None, port, d.params, t.text, server_name=name, labels=t.labels
-                )
+        for d, port in lookups:
+            yield CheckSpec(
+                d.id, d.probe, None, port, d.params, t.text, server_name=name, labels=t.labels
+            )
         if res.error:
             for d, port in host_defs:
                 yield CheckSpec(

@@ -24,7 +24,6 @@ Command line (root):  python -m tests.lab.adlab up|down
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -33,7 +32,8 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from tests.lab.locks import LabLock
 
 NS = {"cli": "xpad-cli", "dc": "xpad-dc"}
 DC = {4: "10.253.0.2", 6: "fd00:e8::2"}
@@ -165,21 +165,11 @@ class AdLab:
     provisioned tree.  Between the two it holds LOCK."""
 
     proc: subprocess.Popen[bytes] | None = None
-    lock: Any = None
+    lock: LabLock = field(default_factory=lambda: LabLock(LOCK))
     timings: dict[str, float] = field(default_factory=dict)
 
     def up(self, wait: float = 900) -> None:
-        if self.lock is None:
-            self.lock = open(LOCK, "w")  # noqa: SIM115 - held until down()
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise AdLabError(f"{LOCK} held by another run for {wait:.0f} s") from None
-                    time.sleep(0.5)
+        self.lock.acquire(wait)
         self.down(release=False)
         try:
             self.timings["provision_s"] = provision()
@@ -265,9 +255,8 @@ class AdLab:
             if not any(name in listed for name in NS.values()):
                 break
             time.sleep(0.1)
-        if release and self.lock is not None:
-            self.lock.close()  # releases the flock
-            self.lock = None
+        if release:
+            self.lock.release()
 
     def cli(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the client namespace."""

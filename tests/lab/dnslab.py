@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lab.locks import LabLock
+
 NS = {"cli": "xpdns-cli", "srv": "xpdns-srv"}
 CLIENT = "10.254.0.1"
 DNS = {"internal": "10.254.0.2", "external": "10.254.0.3"}
@@ -151,16 +153,21 @@ def make_certs(d: Path, ca_path: Path, leaves: dict[str, list[str]]) -> None:
             serialization.NoEncryption()))  # fmt: skip
 
 
+LOCK = "/tmp/exprobe-dnslab.lock"  # one such lab per machine: the names are fixed
+
+
 @dataclass
 class DnsLab:
     """`up()` builds the lab, `down()` removes every trace of it."""
 
     dir: Path | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    lock: LabLock = field(default_factory=lambda: LabLock(LOCK))
     ca_pem: Path | None = None
 
     def up(self) -> None:
-        self.down()
+        self.lock.acquire()  # held until down()
+        self.down(release=False)
         try:
             self._net()
             self._certs()
@@ -244,7 +251,7 @@ class DnsLab:
             env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}, check=False,
         )  # fmt: skip
 
-    def down(self) -> None:
+    def down(self, release: bool = True) -> None:
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # its own session: only what we started
@@ -261,3 +268,5 @@ class DnsLab:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+        if release:
+            self.lock.release()

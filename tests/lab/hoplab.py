@@ -22,7 +22,6 @@ Command line (root):  python -m tests.lab.hoplab up|down|status
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -30,7 +29,8 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from tests.lab.locks import LabLock
 
 NS = {"cli": "xphop-cli", "r1": "xphop-r1", "r2": "xphop-r2", "r3": "xphop-r3", "srv": "xphop-srv"}
 CHAIN = ["cli", "r1", "r2", "r3", "srv"]  # link n joins CHAIN[n-1] and CHAIN[n]
@@ -112,20 +112,10 @@ class HopLab:
     two it holds LOCK, so that two test runs on one machine take turns."""
 
     procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
-    lock: Any = None
+    lock: LabLock = field(default_factory=lambda: LabLock(LOCK))
 
     def up(self, wait: float = 900) -> None:
-        if self.lock is None:
-            self.lock = open(LOCK, "w")  # noqa: SIM115 - held until down()
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise HopLabError(f"{LOCK} held by another run for {wait:.0f} s") from None
-                    time.sleep(0.5)
+        self.lock.acquire(wait)
         self.down(release=False)
         try:
             self._links()
@@ -248,9 +238,8 @@ class HopLab:
             if not any(NS[n] in _run(["ip", "netns", "list"], check=False) for n in CHAIN):
                 break
             time.sleep(0.1)
-        if release and self.lock is not None:
-            self.lock.close()  # releases the flock
-            self.lock = None
+        if release:
+            self.lock.release()
 
     def cli(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the client namespace."""

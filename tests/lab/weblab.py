@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lab.locks import LabLock
+
 NS = {"cli": "xpweb-cli", "srv": "xpweb-srv"}
 SERVER = {4: "10.252.0.2", 6: "fd00:e7::2"}
 CLIENT = {4: "10.252.0.1", 6: "fd00:e7::1"}
@@ -118,18 +120,23 @@ def _nginx_conf(d: Path) -> str:
     )
 
 
+LOCK = "/tmp/exprobe-weblab.lock"  # one such lab per machine: the names are fixed
+
+
 @dataclass
 class WebLab:
     """`up()` builds the lab, `down()` removes every trace of it."""
 
     dir: Path | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    lock: LabLock = field(default_factory=lambda: LabLock(LOCK))
     ca_pem: Path | None = None
     cert_sha256: str = ""
     other_sha256: str = ""
 
     def up(self) -> None:
-        self.down()
+        self.lock.acquire()  # held until down()
+        self.down(release=False)
         try:
             self._net()
             self._certs()
@@ -220,7 +227,7 @@ class WebLab:
             env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}, check=False,
         )  # fmt: skip
 
-    def down(self) -> None:
+    def down(self, release: bool = True) -> None:
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -235,6 +242,8 @@ class WebLab:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+        if release:
+            self.lock.release()
 
 
 def main() -> None:
