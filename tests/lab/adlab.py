@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tests.lab.locks import LabLock
+from tests.lab.common import LabLock, command
 
 NS = {"cli": "xpad-cli", "dc": "xpad-dc"}
 DC = {4: "10.253.0.2", 6: "fd00:e8::2"}
@@ -64,11 +64,7 @@ class AdLabError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 120) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          check=False)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise AdLabError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
+    return command(argv, check=check, timeout=timeout, error=AdLabError)
 
 
 def ns_argv(node: str, argv: Sequence[str]) -> list[str]:

@@ -24,10 +24,7 @@ The external view gives autodiscover.two.lab A .16 (nothing there): split-brain 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lab.locks import LabLock
+from tests.lab.common import LabLock, command, delete_namespaces, run_in, start_in, stop
 
 NS = {"cli": "xpdns-cli", "srv": "xpdns-srv"}
 CLIENT = "10.254.0.1"
@@ -72,11 +69,7 @@ class DnsLabError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, input=input, timeout=30,
-                          check=False)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise DnsLabError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc.stdout
+    return command(argv, check=check, input=input, error=DnsLabError)
 
 
 def ns_argv(node: str, argv: Sequence[str]) -> list[str]:
@@ -234,37 +227,15 @@ class DnsLab:
                 time.sleep(0.1)
 
     def _start(self, argv: list[str], *, ready: bool) -> None:
-        proc = subprocess.Popen(
-            ns_argv("srv", argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-        )  # fmt: skip
-        self.procs.append(proc)
-        if ready:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != b"ready":
-                raise DnsLabError(f"{argv[2]} did not start")
+        self.procs.append(start_in(NS["srv"], argv, ready=ready))
 
     def cli(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the client namespace."""
-        return subprocess.run(
-            ns_argv("cli", argv), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}, check=False,
-        )  # fmt: skip
+        return run_in(NS["cli"], argv, timeout)
 
     def down(self, release: bool = True) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # its own session: only what we started
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self.procs.clear()
-        present = _run(["ip", "netns", "list"], check=False)
-        for ns in NS.values():
-            if ns in present:
-                _run(["ip", "netns", "del", ns], check=False)
+        stop(self.procs)
+        delete_namespaces(NS.values())
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

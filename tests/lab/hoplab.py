@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from tests.lab.locks import LabLock
+from tests.lab.common import LabLock, command
 
 NS = {"cli": "xphop-cli", "r1": "xphop-r1", "r2": "xphop-r2", "r3": "xphop-r3", "srv": "xphop-srv"}
 CHAIN = ["cli", "r1", "r2", "r3", "srv"]  # link n joins CHAIN[n-1] and CHAIN[n]
@@ -88,11 +88,7 @@ class HopLabError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          check=False)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise HopLabError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
+    return command(argv, check=check, timeout=timeout, error=HopLabError)
 
 
 def ns_argv(node: str, argv: Sequence[str]) -> list[str]:

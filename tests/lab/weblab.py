@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import signal
 import ssl
@@ -40,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lab.locks import LabLock
+from tests.lab.common import LabLock, command, delete_namespaces, run_in, start_in, stop
 
 NS = {"cli": "xpweb-cli", "srv": "xpweb-srv"}
 SERVER = {4: "10.252.0.2", 6: "fd00:e7::2"}
@@ -64,11 +63,7 @@ class WebLabError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30,
-                          check=False, input=input)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise WebLabError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
+    return command(argv, check=check, input=input, error=WebLabError)
 
 
 def ns_argv(node: str, argv: Sequence[str]) -> list[str]:
@@ -209,36 +204,15 @@ class WebLab:
         _run(ns_argv("srv", ["nft", "-f", "-"]), input=ruleset)
 
     def _start(self, argv: list[str], *, ready: bool) -> None:
-        proc = subprocess.Popen(
-            ns_argv("srv", argv), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-        )  # fmt: skip
-        self.procs.append(proc)
-        if ready:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() != b"ready":
-                raise WebLabError(f"{argv[2]} did not start")
+        self.procs.append(start_in(NS["srv"], argv, ready=ready))
 
     def cli(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `argv` in the client namespace (with this worktree on PYTHONPATH)."""
-        return subprocess.run(
-            ns_argv("cli", argv), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}, check=False,
-        )  # fmt: skip
+        return run_in(NS["cli"], argv, timeout)
 
     def down(self, release: bool = True) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self.procs.clear()
-        for ns in NS.values():
-            _run(["ip", "netns", "del", ns], check=False)
+        stop(self.procs)
+        delete_namespaces(NS.values())
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
