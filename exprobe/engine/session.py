@@ -170,9 +170,13 @@ class Session:
         # Results at no address of any target: a lookup probe's (keyed by the target) and
         # the checks it derived at other hosts' addresses (autodiscover's methods).
         known = {a for t in self.report.targets for a in t.addresses}
-        elsewhere = [r for a, rs in per_addr.items() if a not in known for r in rs]
+        elsewhere: dict[str, list[CheckResult]] = {}
+        for a, rs in per_addr.items():
+            if a not in known:
+                for r in rs:
+                    elsewhere.setdefault(r.target, []).append(r)
         for t in self.report.targets:
-            mine = [r for r in elsewhere if r.target == t.target]
+            mine = elsewhere.get(t.target, [])
             if t.error:
                 t.results = mine
             else:
@@ -183,9 +187,10 @@ def summarise(report: RunReport) -> None:
     """Let each probe that summarises (autodiscover) restate its result from the results
     of the checks it derived."""
     results = report.all_results()
+    hooks = {p: get_probe(p).summarise for p in {r.probe for r in results}}
     new: dict[int, CheckResult] = {}
     for r in results:
-        hook = get_probe(r.probe).summarise
+        hook = hooks[r.probe]
         if hook is not None:
             kids = [c for c in results if c.parent == r.id and c.target == r.target]
             new[id(r)] = hook(r, kids)

@@ -74,21 +74,27 @@ async def trace_report(report: RunReport, opts: TraceOptions, limits: Limits) ->
             {id(r): dataclasses.replace(r, trace={"error": UNSUPPORTED}) for r in chosen}
         )
         return [UNSUPPORTED]
+    by_addr: dict[str | None, list[CheckResult]] = {}
+    for r in results:
+        by_addr.setdefault(r.address, []).append(r)
     wanted: set[tuple[str, int]] = set()
     for r in chosen:
         wanted.add((r.address or "", r.port))
-        ref = reference_port(results, r.address or "", r.port)
+        ref = reference_port(by_addr[r.address], r.address or "", r.port)
         if ref is not None:
             wanted.add((r.address or "", ref))
     traces = await _run_traces(sorted(wanted), opts, limits)
     if opts.resolve:
         await _name_hops(traces)
     connected = {(r.address, r.port) for r in results if r.connect_ms is not None}
+    per_host: dict[str, dict[tuple[str, int], list[Reply]]] = {}
+    for key, replies in traces.items():
+        per_host.setdefault(key[0], {})[key] = replies
     new: dict[int, CheckResult] = {}
     for r in chosen:
         addr = r.address or ""
         hops = traces[(addr, r.port)]
-        ref = farthest(traces, connected, addr, r.port)
+        ref = farthest(per_host[addr], connected, addr, r.port)
         ref_hops = traces.get((addr, ref)) if ref is not None else None
         brk = locate(hops, addr, r.port, ref_hops, ref)
         found = trace_dict(r.port, opts, hops, ref, ref_hops, brk)
