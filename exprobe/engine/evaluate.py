@@ -119,6 +119,7 @@ class Atom:
     upstream: CheckResult | None = None  # the failed endpoint-mapper check behind it
     broken: tuple[CheckResult, ...] = ()  # the failed results (for "open port" hints)
     off: str | None = None  # a service shipped switched off: "not-enabled" or "unknown"
+    where: str = ""  # another role's host it was judged at: "dc 10.0.0.9"
 
     @property
     def state(self) -> str:
@@ -321,7 +322,7 @@ def evaluate_scenario(
         carriers = [next(a for a in g if a.ok) for g in groups]
         reason = f"{s.title} works"
         if all_atoms:
-            reason += ": " + ", ".join(a.text for a in all_atoms)
+            reason += ": " + ", ".join(_texts(all_atoms))
         vias = [f"via {c.short}" for c, g in zip(carriers, groups, strict=True) if len(g) > 1]
         singles = [c.text for c, g in zip(carriers, groups, strict=True) if len(g) == 1]
         if singles:
@@ -345,20 +346,20 @@ def evaluate_scenario(
         )
 
     parts = _failure_parts(failed_all)
-    parts += [" and ".join(a.text for a in g) for g in failed_groups]
+    parts += [" and ".join(_texts(g)) for g in failed_groups]
     breaking = [*failed_all, *(a for g in failed_groups for a in g)]
     verdict = _failure_verdict(failed_all, failed_groups)
     if verdict == "fail":
         reason = f"{s.title} fails: " + "; ".join(parts)
         hints = _hints(s, address, failed_all, failed_groups, j)
     else:
-        off = _and([f"{c}.enabled" for c in _unique(a.req.check for a in breaking)])
+        off = " or ".join(f"--set {c}.enabled=true" for c in _unique(a.req.check for a in breaking))
         if verdict == "not-enabled":
             why = "nothing listens, and the profile marks the service off by default"
         else:
             why = "cannot tell whether the service is enabled (the profile marks it off by default)"
         reason = f"{s.title}: {verdict}: " + "; ".join(parts) + f"; {why}"
-        hints = (f"If the service should be on, say so with --set {off}=true.",)
+        hints = (f"If the service should be on, say so with {off}.",)
     return ScenarioVerdict(
         id=s.id,
         title=s.title,
@@ -370,6 +371,17 @@ def evaluate_scenario(
         hints=hints,
         warnings=warnings,
     )
+
+
+def _texts(atoms: Sequence[Atom]) -> list[str]:
+    """Each atom's text, the host of another role named once before a run of its atoms:
+    "389 open, dc 10.0.0.9: 3268 open, 88 open"."""
+    out: list[str] = []
+    last = ""
+    for a in atoms:
+        out.append(f"{a.where}: {a.text}" if a.where and a.where != last else a.text)
+        last = a.where
+    return out
 
 
 def _failure_verdict(failed_all: list[Atom], failed_groups: list[list[Atom]]) -> str:
@@ -439,8 +451,11 @@ class _Site:
                 parts.append((where, res.atom(req)))
         failed = [(w, a) for w, a in parts if not a.ok]
         shown = failed or parts
-        text = ", ".join(f"{role} {w}: {a.text}" for w, a in shown)
         first = shown[0][1]
+        if len(shown) == 1:
+            where, text = f"{role} {shown[0][0]}", first.text
+        else:
+            where, text = role, ", ".join(f"{w}: {a.text}" for w, a in shown)
         return Atom(
             req,
             not failed,
@@ -451,6 +466,7 @@ class _Site:
             first.kind if failed else None,
             upstream=first.upstream if failed else None,
             broken=tuple(r for _, a in failed for r in a.broken),
+            where=where,
         )
 
 
@@ -482,6 +498,8 @@ def _failure_parts(failed: list[Atom]) -> list[str]:
             upstream[a.req.check] = a.upstream
     parts: list[str] = []
     done: set[str] = set()
+    done_texts: set[tuple[str, str]] = set()
+    last = ""
     for a in failed:
         check = a.req.check
         if check in upstream:
@@ -490,12 +508,17 @@ def _failure_parts(failed: list[Atom]) -> list[str]:
             done.add(check)
             names = behind[check]
             verb = "listens" if len(names) == 1 else "listen"
-            parts.append(
+            text = (
                 f"{hop_text(upstream[check])}: the endpoint mapper cannot be asked"
                 f" where the {_and(names)} {verb}"
             )
         else:
-            parts.append(a.text)
+            text = a.text
+        if (a.where, text) in done_texts:  # two checks of one unresolved host fail alike
+            continue
+        done_texts.add((a.where, text))
+        parts.append(f"{a.where}: {text}" if a.where and a.where != last else text)
+        last = a.where
     return parts
 
 
