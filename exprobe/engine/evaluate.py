@@ -62,10 +62,21 @@ RoleHosts = dict[str, list[tuple[str, "_Results | str"]]]
 def _host_results(t: TargetReport) -> list[tuple[str, _Results | str]]:
     if t.error or not t.addresses:
         return [(t.target, f"{t.target} did not resolve ({t.error or 'no address'})")]
-    by_addr: dict[str | None, list[CheckResult]] = {}
-    for r in t.results:
-        by_addr.setdefault(r.address, []).append(r)
+    by_addr = _by_address(t)
     return [(a, _Results(by_addr.get(a, []))) for a in t.addresses]
+
+
+def _by_address(t: TargetReport) -> dict[str | None, list[CheckResult]]:
+    """A target's results per address; a lookup probe's (autodiscover, mx: no address,
+    it asked DNS for the target as a whole) count at every address of the target."""
+    by_addr: dict[str | None, list[CheckResult]] = {}
+    shared = [r for r in t.results if r.address is None]
+    for a in t.addresses:
+        by_addr[a] = list(shared)
+    for r in t.results:
+        if r.address is not None:
+            by_addr.setdefault(r.address, []).append(r)
+    return by_addr
 
 
 def evaluate_target(
@@ -76,9 +87,7 @@ def evaluate_target(
 ) -> list[ScenarioVerdict]:
     if t.error or not t.addresses:
         return [_unresolved(t, s, judging) for s in scenarios]
-    by_addr: dict[str | None, list[CheckResult]] = {}
-    for r in t.results:
-        by_addr.setdefault(r.address, []).append(r)
+    by_addr = _by_address(t)
     return [
         evaluate_scenario(
             s, t.target, addr, by_addr.get(addr, []), judging=judging, others=others
@@ -147,7 +156,8 @@ def hop_text(r: CheckResult) -> str:
 def _port_text(r: CheckResult) -> str:
     status = r.status.value
     if r.status is Status.SUCCESS:
-        return f"{r.port} open"
+        # A lookup probe (autodiscover, mx) has no port of its own: its message says it.
+        return f"{r.port} open" if r.address is not None or not r.message else _short(r.message)
     if r.status is Status.DNS_ERROR:
         return "name did not resolve (dns-error)"
     if r.status is Status.SKIPPED:
