@@ -523,6 +523,8 @@ def summarise(result: CheckResult, kids: list[CheckResult]) -> CheckResult:
         if params["members"] and m.seen and m.given is None:
             warnings.append(f"{m.name} answers via the VIP but is not in members")
         d = m.direct
+        if not explicit and m.seen and m.fqdn is None:
+            warnings.append(f"{m.name} answers without a server FQDN: not asked directly")
         if d is not None and not d.get("answers"):
             warnings.append(f"{m.name} not compared directly: {d.get('reason')}")
     problems = _problems(members)
