@@ -369,3 +369,59 @@ def test_a_check_derived_on_an_ancestors_behalf_runs_once() -> None:
                          lambda o: None))  # fmt: skip
     assert sorted(ran) == sorted(["pool", "pool/vip1", "pool/vip2", "pool/vip3", "pool/vip4",
                                   "pool/own", "pool/own", "pool/lookup/ex1", "pool/lookup/ex2"])
+
+
+# -- a hostile pool on loopback ------------------------------------------------------------
+
+HOSTILE = {
+    b"/owa/": b"HTTP/1.1 200 OK\r\nX-FEServer: \x1b[2JEVIL\x07\r\nContent-Length: 27\r\n\r\n"
+              b"200 OK<br/>\x1b]0;pwn\x07ex1.corp",
+    b"/ews/": b"HTTP/1.1 200 OK\r\nContent-Length: 5011\r\n\r\n200 OK<br/>" + b"a" * 5000,
+}
+
+
+async def test_hostile_healthcheck_answers_stay_printable_and_bounded() -> None:
+    from exprobe.engine.plan import CheckDef
+    from exprobe.engine.runner import RunOptions
+    from exprobe.engine.session import Session
+    from exprobe.targets import parse_target
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ")[1]
+                writer.write(HOSTILE[path[: path.index(b"/", 1) + 1]])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    params = LbPoolParams(requests=2, vdirs=("owa", "ews"), members=(f"http://127.0.0.1:{port}",))
+    session = Session([parse_target("127.0.0.1")], [CheckDef("pool", "lb-pool", params, port)],
+                      RunOptions(timeout=5), Limits())  # fmt: skip
+    async with server:
+        report = await session.run()
+    results = {r.id: r for r in report.all_results()}
+    assert set(results) == {"pool", "pool/vip1/ews", "pool/vip2/owa", "pool/vip2/ews",
+                            f"pool/lookup/http://127.0.0.1:{port}@127.0.0.1",
+                            f"pool/direct/http://127.0.0.1:{port}"}  # fmt: skip
+    r = results["pool"]
+    assert (r.status, r.failed_step) == (Status.APPLICATION_ERROR, "members")
+    evil = "\\x1b[2JEVIL\\x07"
+    assert r.message == (
+        f"owa: {evil} answers HTTP 200 OK (X-FEServer {evil}), no server FQDN in the body via"
+        f" the VIP (2 of 2) and directly; ews: {evil} answers HTTP 200 OK, no server FQDN in the"
+        " body when asked directly (the VIP did not send us there for it); ews: an unnamed server"
+        " answers HTTP 200 OK, no server FQDN in the body via the VIP (2 of 2) (2 member(s) seen"
+        f" in 4 answer(s) to 4 request(s): {evil} x2, an unnamed server x2)")
+    assert [(m["fqdn"], m["fe_server"], m["seen_count"]) for m in r.facts["members"]] == [
+        (None, evil, 2), (None, None, 2)]
+    import json
+
+    text = json.dumps([x.to_dict() for x in results.values()])
+    assert "\x1b" not in text
+    assert "\x07" not in text

@@ -222,6 +222,8 @@ async def _ask(client: HttpClient, vdir: str) -> dict[str, Any]:
     resp = await client.request("GET", path, [("User-Agent", "exprobe")])
     answer: dict[str, Any] = {"vdir": vdir, "status": resp.status}
     fqdn = exchange.healthcheck_fqdn(resp.body) if resp.status == 200 else None
+    if fqdn is not None and not _NAME.fullmatch(fqdn):
+        fqdn = None  # e.g. a label past 63 characters: no name to look up
     fe = resp.exchange_headers().get("X-FEServer")
     if fqdn:
         answer["fqdn"] = fqdn.lower()
