@@ -16,6 +16,7 @@ from exprobe.probes.base import CheckSpec, Params, make_params
 from exprobe.probes.lbpool import EP_REASON, LbPoolParams, Member, parse_member, summarise
 from exprobe.result import CheckResult
 from exprobe.status import PortState, Status
+from tests.helpers import validate_check_record
 
 VIP = "10.0.0.2"
 CERT = "aa" * 32
@@ -192,6 +193,19 @@ def test_healthy_pool_same_certificate() -> None:
                 "members": {"ex2.corp.example": 1, "ex1.corp.example": 1}},
     }  # fmt: skip
     assert r.warnings == ()
+    validate_check_record(r.to_dict())
+
+
+def test_the_schema_holds_lb_pool_facts() -> None:
+    import jsonschema
+
+    head, kids = two_members()
+    record = summarise(head, kids).to_dict()
+    record["facts"]["offload"] = {"suspected": "maybe", "evidence": ""}
+    with pytest.raises(jsonschema.ValidationError, match="'maybe' is not of type"):
+        validate_check_record(record)
+    for k in kids:
+        validate_check_record(k.to_dict())
 
 
 def test_another_certificate_on_the_vip_is_offloading() -> None:
@@ -299,6 +313,7 @@ def test_unresolved_and_unreachable_members_are_not_compared() -> None:
                                   "evidence": "no member answered directly: nothing compared"}
     assert r.warnings == ("EX1 (ex1.corp.example) not compared directly: no answer to SYN",
                           f"EX4 (ex4.corp.example) not compared directly: {why}")  # fmt: skip
+    validate_check_record(r.to_dict())
 
 
 def test_one_member_seen_warns_only_against_a_longer_members_list() -> None:
@@ -422,6 +437,8 @@ async def test_hostile_healthcheck_answers_stay_printable_and_bounded() -> None:
         (None, evil, 2), (None, None, 2)]
     import json
 
+    for x in results.values():
+        validate_check_record(x.to_dict())
     text = json.dumps([x.to_dict() for x in results.values()])
     assert "\x1b" not in text
     assert "\x07" not in text
