@@ -145,6 +145,7 @@ def test_params_from_data_and_their_bounds() -> None:
                                    "members": "ex1,10.0.0.12:443"}, "--check lb-pool")  # fmt: skip
     assert (p.requests, p.vdirs, p.members) == (3, ("owa", "mapi"), ("ex1", "10.0.0.12:443"))
     assert LbPoolParams().vdirs == ("owa", "ecp", "ews", "mapi", "rpc", "oab", "autodiscover", "eas")
+    assert (LbPoolParams().tls, make_params(LbPoolParams, {}, "profile").tls) == ("implicit",) * 2
     for values, error in (
         ({"requests": 0}, "requests 0: must be 1-64"),
         ({"requests": 65}, "requests 65: must be 1-64"),

@@ -117,8 +117,9 @@ def _check_vdirs(vdirs: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LbPoolParams(Params):
-    """See the module docstring."""
+    """See the module docstring.  TLS by default (a VIP is asked as clients ask it)."""
 
+    tls: TlsMode = "implicit"
     requests: int = 8
     vdirs: tuple[Vdir, ...] = DEFAULT_VDIRS
     members: tuple[str, ...] = ()
