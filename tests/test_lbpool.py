@@ -416,7 +416,8 @@ async def test_hostile_healthcheck_answers_stay_printable_and_bounded() -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    params = LbPoolParams(requests=2, vdirs=("owa", "ews"), members=(f"http://127.0.0.1:{port}",))
+    params = LbPoolParams(tls="none", requests=2, vdirs=("owa", "ews"),
+                          members=(f"http://127.0.0.1:{port}",))
     session = Session([parse_target("127.0.0.1")], [CheckDef("pool", "lb-pool", params, port)],
                       RunOptions(timeout=5), Limits())  # fmt: skip
     async with server:
