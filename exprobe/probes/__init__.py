@@ -24,6 +24,7 @@ PROBE_MODULES = (
     "tls",
     "autodiscover",
     "lbpool",
+    "mx",
     "kerberos",
     "smb",
 )
