@@ -4,6 +4,7 @@ and the scheduler queuing a check derived on an ancestor's behalf once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -183,7 +184,8 @@ def test_healthy_pool_same_certificate() -> None:
     assert f["requests"] == {"rounds": 2, "vdirs": ["owa", "ews"], "sent": 4, "answered": 4,
                              "unanswered": 0}  # fmt: skip
     assert f["vip_certificates"] == [{"sha256": CERT, "subject": "CN=aa", "issuer": "CN=ca",
-                                      "tls_versions": ["TLSv1.3"], "seen_count": 4}]  # fmt: skip
+                                      "tls_versions": ["TLSv1.3"],
+                                      "tls_ciphers": ["TLS_AES_256_GCM_SHA384"], "seen_count": 4}]  # fmt: skip
     assert f["offload"] == {"suspected": False, "evidence": (
         f"the VIP and 2 member(s) asked directly present the same certificate (sha256 {CERT[:16]}...)"
         " and TLS version")}  # fmt: skip
@@ -227,6 +229,18 @@ def test_another_tls_version_on_the_vip_is_offloading() -> None:
         "the VIP negotiates TLSv1.3 but EX2 (ex2.corp.example) TLSv1.2")}  # fmt: skip
     assert len(r.warnings) == 1
     assert r.warnings[0].endswith(EP_REASON)
+
+
+def test_another_cipher_alone_is_noted_not_offloading() -> None:
+    head, kids = two_members()
+    kids[-1] = dataclasses.replace(kids[-1], facts={**kids[-1].facts,
+                                                    "tls_cipher": "TLS_AES_128_GCM_SHA256"})  # fmt: skip
+    r = summarise(head, kids)
+    assert r.facts["offload"] == {"suspected": False, "evidence": (
+        f"the VIP and 2 member(s) asked directly present the same certificate (sha256 {CERT[:16]}...)"
+        " and TLS version; the cipher differs (the VIP TLS_AES_256_GCM_SHA384,"
+        " EX2 (ex2.corp.example) TLS_AES_128_GCM_SHA256): another TLS stack answers on the VIP")}  # fmt: skip
+    assert r.warnings == ()
 
 
 def test_plain_http_member_behind_a_tls_vip() -> None:

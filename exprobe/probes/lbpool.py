@@ -480,11 +480,13 @@ def summarise(result: CheckResult, kids: list[CheckResult]) -> CheckResult:
         if "cert_sha256" in tls:
             c = certs.setdefault(tls["cert_sha256"], {
                 "sha256": tls["cert_sha256"], "subject": tls.get("cert_subject"),
-                "issuer": tls.get("cert_issuer"), "tls_versions": [], "seen_count": 0,
+                "issuer": tls.get("cert_issuer"), "tls_versions": [], "tls_ciphers": [],
+                "seen_count": 0,
             })  # fmt: skip
             c["seen_count"] += len(answers)
-            if tls.get("tls_version") and tls["tls_version"] not in c["tls_versions"]:
-                c["tls_versions"].append(tls["tls_version"])
+            for key in ("tls_version", "tls_cipher"):
+                if tls.get(key) and tls[key] not in c[f"{key}s"]:
+                    c[f"{key}s"].append(tls[key])
         for a in answers:
             answered += 1
             m = _find(members, a.get("fqdn"), a.get("fe_server"))
@@ -607,7 +609,9 @@ def _offload(
     if not certs:
         return {"suspected": None, "evidence": "no TLS session with the VIP"}
     vip_versions = {v for c in certs.values() for v in c["tls_versions"]}
+    vip_ciphers = {v for c in certs.values() for v in c["tls_ciphers"]}
     evidence: list[str] = []
+    ciphers: list[str] = []  # not evidence of offloading: noted
     other_cert: dict[str, list[str]] = {}  # a certificate the VIP never showed -> members
     subjects: dict[str, str] = {}
     same: list[str] = []
@@ -628,6 +632,8 @@ def _offload(
                             f" {d.get('tls_version')}")  # fmt: skip
         else:
             same.append(m.name)
+            if d.get("tls_cipher") not in vip_ciphers:
+                ciphers.append(f"{m.name} {d.get('tls_cipher')}")
     if other_cert:
         shown = "; ".join(f"{c['subject']} (sha256 {c['sha256'][:16]}...)" for c in certs.values())
         theirs = "; ".join(f"{' and '.join(names)} {subjects[sha]} (sha256 {sha[:16]}...)"
@@ -643,6 +649,9 @@ def _offload(
     if len(certs) > 1:
         text = (f"each of the VIP's {len(certs)} certificates is a member's: TLS passes"
                 " through to the members")  # fmt: skip
+    if ciphers:
+        text += (f"; the cipher differs (the VIP {'/'.join(sorted(vip_ciphers))},"
+                 f" {', '.join(ciphers)}): another TLS stack answers on the VIP")  # fmt: skip
     if missing:
         text += f"; not compared: {', '.join(missing)}"
     return {"suspected": False, "evidence": text}
