@@ -7,6 +7,14 @@ on the static port the check expects (`expect_ds`, `expect_is`, `expect_mta`,
 `expect_sa`), or on `DEFAULT_STATIC_PORTS` when the profile names none; the endpoint
 mapper then hands out exactly those ports, offset included, so `exprobe run
 --port-offset N` follows them without adding N a second time.
+
+Modern Exchange: `exchange-http`, `http` and `lb-pool` checks share one HTTP listener per
+port, answering as Exchange's vdirs do (`exprobe.listen.exchange`): HTTPS where the check
+asks for implicit TLS (`lb-pool` always), the plain site of port 80 otherwise.  A `tls`
+check needs only the handshake: it shares any implicit-TLS listener on its port, and alone
+gets a TLS listener that says nothing after the handshake.  Checks bound to another role
+(`role = "dc"`: another host), probes that connect nowhere (`autodiscover`) and probes
+without a responder (`kerberos`, `smb`) are not rehearsed, and the plan says so in a note.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from dataclasses import dataclass, field
 from exprobe.engine.plan import CheckDef
 from exprobe.errors import InputError
 from exprobe.listen import mail
-from exprobe.listen.core import Listener, Responder
+from exprobe.listen.core import Conn, Listener, Responder
 from exprobe.probes import load_all
 
 # Pinned ports used when a profile's msrpc-epm check names none (KB 155831 / 161931
@@ -25,7 +33,27 @@ from exprobe.probes import load_all
 DEFAULT_STATIC_PORTS: dict[str, int] = {"ds": 1600, "is": 1601, "mta": 1602, "sa": 1603}
 COMPONENTS = ("ds", "is", "mta", "sa")
 IMPLICIT_LABEL = {"smtp": "smtps", "pop3": "pop3s", "imap": "imaps", "nntp": "nntps",
-                  "ldap": "ldaps"}  # fmt: skip
+                  "ldap": "ldaps", "http": "https"}  # fmt: skip
+HTTP_PROBES = frozenset({"http", "exchange-http", "lb-pool"})
+"""Probes answered by the Exchange HTTP listener (one per port, whichever of them asks)."""
+FAMILY = {"exchange-http": "http", "lb-pool": "http", "ldap-gc": "ldap"}
+"""Probes answered by another probe's responder."""
+NOT_REHEARSED = {
+    "kerberos": "no Kerberos KDC here",
+    "smb": "no SMB server here",
+}
+"""Probes without a responder, and why; their ports accept TCP only (the plan says so)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSite:
+    """How the HTTP listeners answer: the build in `X-OWA-Version`, the DNS domain of the
+    NTLM challenge (None: from the listener's name), and path prefixes a reverse proxy
+    refuses (`/mapi/`: the demo's broken path)."""
+
+    build: str = ""
+    domain: str | None = None
+    refused: tuple[str, ...] = ()
 
 
 def _responder(probe: str) -> Responder | None:
@@ -48,6 +76,38 @@ def _responder(probe: str) -> Responder | None:
     if probe == "tcp":
         return mail.tcp
     return None
+
+
+def _http_responder(site: HttpSite, *, tls: bool) -> Responder:
+    """The Exchange HTTP responder, its site named after the listener (`--name`)."""
+    from exprobe.listen import exchange, http
+
+    sites: dict[str, exchange.ExchangeSite] = {}
+
+    def answer(name: str) -> exchange.ExchangeSite:
+        if name not in sites:
+            sites.clear()  # one name per server: never grows
+            sites[name] = exchange.ExchangeSite.for_host(
+                name, site.build or exchange.default_build(None), domain=site.domain,
+                server=exchange.REHEARSAL_SERVER, refused=site.refused,
+            )  # fmt: skip
+        return sites[name]
+
+    async def respond(conn: Conn) -> None:
+        ex = answer(conn.name)
+        await http.responder(ex.answer if tls else ex.answer_plain)(conn)
+
+    return respond
+
+
+def _http_note(site: HttpSite, *, tls: bool) -> str:
+    refused = f"; a proxy refuses {', '.join(site.refused)} (403)" if site.refused else ""
+    if not tls:
+        return "HTTP: 302 to https (Autodiscover redirect), /PowerShell/ 401 Kerberos" + refused
+    return (
+        "Exchange vdirs: 401 Negotiate/NTLM + CHALLENGE, /owa/ 302, healthcheck.htm, "
+        "X-OWA-Version " + (site.build or "(default)") + refused
+    )
 
 
 @dataclass(slots=True)
@@ -107,12 +167,59 @@ def _static_ports(defs: list[CheckDef]) -> tuple[dict[str, int], set[str]]:
     return {c: found.get(c, DEFAULT_STATIC_PORTS[c]) for c in ordered}, set(found)
 
 
+def _probe_info(probe: str) -> tuple[bool, bool]:
+    """(known, connects) of a probe name: whether it is registered, and opens a connection."""
+    spec = load_all().get(probe)
+    return spec is not None, spec is None or spec.connects
+
+
+def _skip_reason(d: CheckDef, primary_role: str | None) -> str | None:
+    """Why this check gets no listener here, or None when it does."""
+    role = getattr(d, "role", None)
+    if role and role != (primary_role or role):
+        return f"check {d.id} ({d.probe}) runs against the {role} host: not opened here"
+    known, connects = _probe_info(d.probe)
+    if known and not connects:
+        return (
+            f"check {d.id} ({d.probe}) looks names up and asks other hosts: "
+            "not rehearsed by a listener"
+        )
+    return None
+
+
+def _wanted(d: CheckDef) -> tuple[str, bool]:
+    """The listener a check needs: the probe whose responder answers it, and implicit TLS."""
+    probe = FAMILY.get(d.probe, d.probe)
+    implicit = d.params.tls == "implicit"
+    if d.probe == "lb-pool":
+        implicit = True  # a load balancer VIP in front of HTTPS vdirs
+    elif d.probe == "tls":
+        implicit = True  # the handshake is the check, whatever `tls` says
+    return probe, implicit
+
+
 def build_plan(
-    defs: Iterable[CheckDef], *, port_offset: int = 0, withhold: Iterable[int] = ()
+    defs: Iterable[CheckDef],
+    *,
+    port_offset: int = 0,
+    withhold: Iterable[int] = (),
+    http_site: HttpSite | None = None,
+    primary_role: str | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> ListenPlan:
-    """Listeners for `defs`.  `withhold` names (offset) ports to plan but not start."""
-    defs = list(defs)
+    """Listeners for `defs`.  `withhold` names (offset) ports to plan but not start;
+    `http_site` says how the HTTP listeners answer; `primary_role` is the role of this
+    host (checks bound to another role are left out, with a note); `skipped` maps check
+    ids to the reason they are left out (a note each)."""
     plan = ListenPlan()
+    mine: list[CheckDef] = []
+    for d in defs:
+        why = (skipped or {}).get(d.id) or _skip_reason(d, primary_role)
+        if why is None:
+            mine.append(d)
+        else:
+            plan.notes.append(why)
+    defs = mine
     slots: dict[int, _Slot] = {}
 
     def claim(port: int, probe: str, implicit: bool, check: str) -> None:
@@ -126,7 +233,11 @@ def build_plan(
             return
         if old.probe == "tcp" and probe != "tcp":
             old.probe, old.implicit = probe, implicit
-        elif probe != "tcp" and (old.probe != probe or old.implicit != implicit):
+        elif old.probe == "tls" and implicit and probe != "tcp":
+            old.probe = probe  # the handshake is all a tls check needs
+        elif (probe == "tls" and old.implicit) or probe == "tcp":
+            pass
+        elif old.probe != probe or old.implicit != implicit:
             what = f"{old.probe}{' (TLS)' if old.implicit else ''}"
             raise InputError(
                 f"port {port}: check {check} needs {probe}{' (TLS)' if implicit else ''} "
@@ -137,7 +248,8 @@ def build_plan(
 
     epm_checks = [d for d in defs if d.probe == "msrpc-epm"]
     for d in defs:
-        claim(_port(d, port_offset), d.probe, d.params.tls == "implicit", d.id)
+        probe, implicit = _wanted(d)
+        claim(_port(d, port_offset), probe, implicit, d.id)
 
     if epm_checks:
         static, named = _static_ports(defs)
@@ -177,13 +289,23 @@ def build_plan(
             responder = msrpc.dce_responder(registry, comp)
             label = f"msrpc-{comp}"
             note = registry.describe_component(comp)
+        elif s.probe == "http":
+            responder = _http_responder(http_site or HttpSite(), tls=s.implicit)
+            note = _http_note(http_site or HttpSite(), tls=s.implicit)
+        elif s.probe == "tls":
+            responder, label = mail.tcp, "tls"
+            note = "TLS handshake, then nothing (the check is the handshake)"
         else:
             responder = _responder(s.probe)
             if responder is None:
+                why = NOT_REHEARSED.get(s.probe, "no responder for this probe")
                 plan.notes.append(
-                    f"port {port}: no responder for probe {s.probe!r}; accepting TCP only"
+                    f"port {port}: {s.probe} is not rehearsed ({why}; checks "
+                    f"{', '.join(s.checks)}): TCP accept only, so those checks prove the "
+                    "path and then fail at their first exchange"
                 )
                 responder, label = mail.tcp, f"tcp ({s.probe})"
+                note = f"not rehearsed: TCP accept only ({why})"
         lst = Listener(
             port,
             label,
