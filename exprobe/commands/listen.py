@@ -29,7 +29,10 @@ GOOD_OUTCOMES = ("said goodbye", "answered", "peer closed")
 def listener_defs(
     profile: str | None, scenario: list[str], port: list[int], check: list[str]
 ) -> tuple[list[Any], dict[str, Any] | None]:
-    """The checks to serve: a profile's (its selected scenarios'), or ad hoc ones."""
+    """The checks to serve: a profile's (its selected scenarios'), or ad hoc ones.
+
+    The profile's `info()` carries, besides its name, `primary_role` (checks bound to
+    another role run against other hosts, so the plan leaves them out)."""
     from exprobe.commands.common import adhoc_defs
 
     if profile and (port or check):
@@ -41,12 +44,27 @@ def listener_defs(
 
         prof = load_profile(profile)
         defs, _scenarios = prof.select(scenario)
-        info: dict[str, Any] | None = prof.info()
+        info: dict[str, Any] | None = dict(prof.info())
+        assert info is not None
+        info["primary_role"] = getattr(prof, "primary_role", None)
         return list(defs), info
     defs = adhoc_defs(port, check)
     if not defs:
         raise InputError("nothing to listen for: give -p PROFILE, --port N or --check PROBE[:PORT]")
     return defs, None
+
+
+def http_site(build: str | None, domain: str | None, profile: str | None) -> Any:
+    """How the HTTP listeners answer, from `--exchange-build` and `--domain`."""
+    from exprobe.listen.exchange import default_build
+    from exprobe.listen.plan import HttpSite
+    from exprobe.wire.exchange import name_build
+
+    if build is not None and name_build(build) is None:
+        raise InputError(f"--exchange-build {build!r}: not a build number (15.2.1748.10)")
+    if domain is not None and domain and not _NAME_RE.match(domain):
+        raise InputError(f"--domain {domain!r}: not a DNS domain name")
+    return HttpSite(build or default_build(profile), domain)
 
 
 def _local_time(iso: str) -> str:
@@ -265,6 +283,23 @@ def listen(
             show_default=False,
         ),
     ] = None,
+    exchange_build: Annotated[
+        str | None,
+        typer.Option(
+            "--exchange-build",
+            help="X-OWA-Version of the HTTP listeners (default: the newest build of the "
+            "profile's Exchange version).",
+            show_default=False,
+        ),
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            "--domain",
+            help="DNS domain the NTLM challenge names (default: --name after its first dot).",
+            show_default=False,
+        ),
+    ] = None,
     no_color: Annotated[
         bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
     ] = False,
@@ -289,7 +324,12 @@ def listen(
     if not _NAME_RE.match(server_name):
         raise InputError(f"--name {server_name!r}: not a host name (letters, digits, '-', '.')")
     defs, info = listener_defs(profile, scenario or [], port or [], check or [])
-    plan = build_plan(defs, port_offset=port_offset)
+    plan = build_plan(
+        defs,
+        port_offset=port_offset,
+        http_site=http_site(exchange_build, domain, (info or {}).get("name")),
+        primary_role=(info or {}).get("primary_role"),
+    )
     jlog = JsonLog(log_json) if log_json else None
     out = make_console(no_color)
     err = make_console(no_color, stderr=True)

@@ -1,0 +1,556 @@
+"""`exprobe listen` for modern Exchange: the HTTPS vdirs, port 80, TLS and SMTP listeners.
+
+On 127.0.0.1 at a free port offset, no root.  The HTTP answers are judged first by
+clients exprobe did not write (the standard library's `http.client`, impacket's NTLM
+structures), then by exprobe's own `exchange-http`, `http`, `tls` and `smtp` probes
+(`exprobe run -p ... --port-offset N`: exact statuses and facts), then by hostile
+clients (slowloris, huge headers, garbage, a 1 GiB RPC channel, a request flood on one
+connection), which must cost a log line and never the listener.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exprobe.engine.plan import CheckDef
+from exprobe.errors import InputError
+from exprobe.listen.exchange import REHEARSAL_SERVER, ExchangeSite, default_build, netbios
+from exprobe.listen.http import Answer, HttpServerSession, Request
+from exprobe.listen.plan import HttpSite, build_plan
+from exprobe.probes import get as get_probe
+from exprobe.probes.base import Params
+from tests.helpers import ROOT, exprobe, validate_report
+from tests.test_listen_clients import HOST, ThreadedListener, no_responder_errors, unverified
+
+MINI = ROOT / "tests" / "profiles_modern" / "mini2019.toml"
+NAME = "ex1.corp.example"
+BUILD = "15.2.1544.4"  # Exchange Server 2019 CU14 in the shipped table
+NEWEST_2019 = default_build("exchange2019")
+
+
+def params(probe: str, **kw: Any) -> Params:
+    spec = get_probe(probe)
+    return spec.params_type(**kw)  # type: ignore[no-any-return]
+
+
+MODERN = [
+    CheckDef("owa", "exchange-http", params("exchange-http", tls="implicit", vdir="owa"), 443),
+    CheckDef("tls", "tls", params("tls"), 443),
+    CheckDef("ad-http", "http", params("http", path="/autodiscover/autodiscover.xml"), 80),
+    CheckDef("smtp", "smtp", params("smtp"), 25),
+    CheckDef("submission", "smtp", params("smtp", tls="starttls"), 587),
+    CheckDef("smtp-internal", "smtp", params("smtp"), 2525),
+]
+
+
+@pytest.fixture(scope="module")
+def lst() -> Iterator[ThreadedListener]:
+    t = ThreadedListener(
+        MODERN, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME, idle_timeout=2.0,
+        conn_timeout=8.0,
+    )  # fmt: skip
+    yield t
+    t.close()
+
+
+def https(t: ThreadedListener) -> http.client.HTTPSConnection:
+    return http.client.HTTPSConnection(HOST, t.port(443), timeout=10, context=unverified())
+
+
+def fetch(
+    conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    return resp.status, resp.headers, resp.read()
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+def test_plan_of_the_mini_profile() -> None:
+    from exprobe.profile import load_profile
+
+    defs, _ = load_profile(str(MINI)).select([])
+    plan = build_plan(defs, port_offset=10000, http_site=HttpSite(BUILD))
+    got = {(x.port, x.protocol, x.implicit_tls): x.checks for x in plan.listeners}
+    assert got == {
+        (10025, "smtp", False): ("smtp",),
+        (10080, "http", False): ("autodiscover-http", "powershell"),
+        (10443, "https", True): ("owa", "mapi", "rpc", "ews", "eas", "oab", "autodiscover",
+                                 "https-tls"),
+        (10587, "smtp", False): ("submission",),
+        (12525, "smtp", False): ("smtp-internal",),
+    }  # fmt: skip
+    assert plan.notes == []
+
+
+def test_plan_says_what_it_does_not_rehearse() -> None:
+    defs = [
+        CheckDef("owa", "exchange-http", params("exchange-http", tls="implicit"), 443),
+        CheckDef("kdc", "kerberos", params("kerberos"), 88),
+        CheckDef("ad", "autodiscover", params("autodiscover"), None),
+        CheckDef("witness", "smb", params("smb"), 445),
+    ]
+    plan = build_plan(defs, skipped={"witness": "check witness (smb) runs against the witness host"})
+    assert [(x.port, x.protocol) for x in plan.listeners] == [(88, "tcp (kerberos)"), (443, "https")]
+    assert plan.notes == [
+        "check ad (autodiscover) looks names up and asks other hosts: not rehearsed by a listener",
+        "check witness (smb) runs against the witness host",
+        "port 88: kerberos is not rehearsed (no Kerberos KDC here; checks kdc): TCP accept "
+        "only, so those checks prove the path and then fail at their first exchange",
+    ]
+    kdc = next(x for x in plan.listeners if x.port == 88)
+    assert kdc.note == "not rehearsed: TCP accept only (no Kerberos KDC here)"
+
+
+def test_plan_tls_shares_any_tls_port_and_http_modes_conflict() -> None:
+    defs = [
+        CheckDef("tls465", "tls", params("tls"), 465),
+        CheckDef("smtps", "smtp", params("smtp", tls="implicit"), 465),
+        CheckDef("ldaps-tls", "tls", params("tls"), 636),
+        CheckDef("pool", "lb-pool", Params(), 8443),  # a VIP in front of HTTPS, whatever tls says
+        CheckDef("https", "http", params("http", tls="implicit"), 8443),
+    ]
+    plan = build_plan(defs)
+    got = [(x.port, x.protocol, x.implicit_tls, x.checks) for x in plan.listeners]
+    assert got == [
+        (465, "smtps", True, ("tls465", "smtps")),
+        (636, "tls", True, ("ldaps-tls",)),
+        (8443, "https", True, ("pool", "https")),
+    ]
+    clash = [
+        CheckDef("plain", "http", params("http"), 8080),
+        CheckDef("secure", "exchange-http", params("exchange-http", tls="implicit"), 8080),
+    ]
+    with pytest.raises(InputError, match="port 8080: check secure needs http \\(TLS\\) but plain"):
+        build_plan(clash)
+
+
+# -- the Exchange answers themselves (sans I/O) --------------------------------------------------
+
+
+def test_site_names_from_the_host_name() -> None:
+    ex = ExchangeSite.for_host("ex1.corp.example", BUILD)
+    assert (ex.name, ex.fqdn, ex.domain) == ("EX1", "ex1.corp.example", "corp.example")
+    ex = ExchangeSite.for_host("mailbox-server-number-one", BUILD)
+    assert (ex.name, ex.fqdn, ex.domain) == ("MAILBOX-SERVER-", "mailbox-server-number-one", "")
+    ex = ExchangeSite.for_host("ex2.corp.example", BUILD, domain="other.example")
+    assert ex.fqdn == "ex2.other.example"
+    assert netbios("") == "EXPROBE"
+    assert [default_build(p) for p in ("exchange2013", "exchange2016", "exchange-se", None)] == [
+        "15.0.1497.2", "15.1.2507.6", "15.2.2562.17", NEWEST_2019,
+    ]  # fmt: skip
+
+
+def test_refused_paths_are_a_proxy_page_without_exchange_headers() -> None:
+    ex = ExchangeSite("EX1", "corp.example", BUILD, refused=("/mapi/",))
+    ans = ex.answer(Request("POST", "/mapi/emsmdb/?MailboxId=x", (("x-requesttype", "Connect"),)))
+    assert ans.status == 403
+    assert dict(ans.headers) == {"Server": "reverse-proxy", "Content-Type": "text/html"}
+    assert b"403 Forbidden" in ans.body
+    assert ex.answer(Request("GET", "/EWS/Exchange.asmx")).status == 401  # only /mapi/
+
+
+def test_negotiate_that_is_not_ntlmssp_gets_no_challenge() -> None:
+    ex = ExchangeSite("EX1", "corp.example", BUILD)
+    for auth in ("NTLM !!!", "NTLM " + base64.b64encode(b"NTLMSSP\x00\x03\x00\x00\x00").decode(),
+                 "Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXag", "Basic dXNlcjpwYXNz"):  # fmt: skip
+        ans = ex.answer(Request("GET", "/EWS/Exchange.asmx", (("authorization", auth),)))
+        assert ans.status == 401
+        assert [v for k, v in ans.headers if k == "WWW-Authenticate"] == ["Negotiate", "NTLM"]
+
+
+def test_session_keeps_alive_and_bounds_requests() -> None:
+    session = HttpServerSession(lambda req: Answer(200, (), b"ok"), max_requests=3)
+    out = session.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
+    assert out.count(b"HTTP/1.1 200 ") == 3
+    assert out.count(b"Connection: close") == 1
+    assert (session.closed, session.outcome, session.requests) == (True, "answered", 3)
+
+
+def test_session_http10_and_head() -> None:
+    session = HttpServerSession(lambda req: Answer(200, (("X-A", "1"),), b"body"))
+    out = session.receive(b"HEAD / HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert b"Content-Length: 4" in out
+    assert not out.endswith(b"body")
+    assert session.closed  # HTTP/1.0 without keep-alive
+
+
+def test_the_lab_peer_runs_this_code() -> None:
+    from tests.peers import exchange_http
+
+    assert exchange_http.Exchange is ExchangeSite
+    ex = exchange_http.Exchange("EX1", "corp.example", BUILD)
+    assert ex.server == "Microsoft-IIS/10.0"
+
+
+# -- independent clients ------------------------------------------------------------------------
+
+
+def test_owa_redirects_to_the_logon_page(lst: ThreadedListener) -> None:
+    conn = https(lst)
+    status, headers, _ = fetch(conn, "GET", "/owa/")
+    assert status == 302
+    assert headers["Location"] == (
+        "https://ex1.corp.example/owa/auth/logon.aspx?url=https%3a%2f%2fex1.corp.example/owa/"
+        "&reason=0"
+    )
+    assert (headers["X-OWA-Version"], headers["X-FEServer"]) == (BUILD, "EX1")
+    assert headers["Server"] == REHEARSAL_SERVER
+    status, headers, body = fetch(conn, "GET", "/owa/auth/logon.aspx?replaceCurrent=1")
+    assert status == 200
+    assert b"<!-- OwaPage = ASP.auth_logon_aspx -->" in body
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "schemes"),
+    [
+        ("GET", "/EWS/Exchange.asmx", ["Negotiate", "NTLM"]),
+        ("GET", "/OAB/", ["Negotiate", "NTLM"]),
+        ("GET", "/autodiscover/autodiscover.xml", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
+        ("POST", "/mapi/emsmdb/", ["Negotiate", "NTLM"]),
+        ("POST", "/mapi/nspi/", ["Negotiate", "NTLM"]),
+        ("RPC_IN_DATA", "/rpc/rpcproxy.dll", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
+        ("RPC_OUT_DATA", "/rpc/rpcproxy.dll", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
+        ("GET", "/Microsoft-Server-ActiveSync", ['Basic realm="ex1.corp.example"']),
+    ],
+)  # fmt: skip
+def test_vdirs_answer_401_with_their_schemes(
+    lst: ThreadedListener, method: str, path: str, schemes: list[str]
+) -> None:
+    conn = https(lst)
+    hdrs = {"Content-Length": "0"}
+    if path.startswith("/mapi/"):
+        hdrs |= {"Content-Type": "application/mapi-http", "X-RequestType": "Connect"}
+    status, headers, _ = fetch(conn, method, path, hdrs)
+    assert status == 401
+    assert headers.get_all("WWW-Authenticate") == schemes
+    assert headers["X-FEServer"] == "EX1"
+    if path.startswith("/mapi/"):
+        assert headers["X-ServerApplication"] == f"Exchange/{BUILD}"
+        assert headers["X-RequestType"] == "Connect"
+        assert headers["X-CasErrorCode"] == "UnauthenticatedRequest"
+    conn.close()
+
+
+def test_healthcheck_pages_name_the_fqdn(lst: ThreadedListener) -> None:
+    conn = https(lst)
+    for vdir in ("owa", "ecp", "ews", "mapi", "rpc", "oab", "autodiscover",
+                 "Microsoft-Server-ActiveSync"):  # fmt: skip
+        status, _, body = fetch(conn, "GET", f"/{vdir}/healthcheck.htm")
+        assert (status, body) == (200, b"200 OK<br/>ex1.corp.example")
+    conn.close()
+
+
+def test_ntlm_challenge_names_the_listener_impacket(lst: ThreadedListener) -> None:
+    """impacket builds the NEGOTIATE and parses the CHALLENGE, on one keep-alive connection."""
+    from impacket import ntlm
+
+    conn = https(lst)
+    status, _, _ = fetch(conn, "GET", "/EWS/Exchange.asmx")
+    assert status == 401
+    t1 = base64.b64encode(ntlm.getNTLMSSPType1("", "", use_ntlmv2=True).getData()).decode()
+    status, headers, _ = fetch(conn, "GET", "/EWS/Exchange.asmx", {"Authorization": f"NTLM {t1}"})
+    assert status == 401
+    (value,) = headers.get_all("WWW-Authenticate")
+    scheme, token = value.split(" ")
+    assert scheme == "NTLM"
+    challenge = ntlm.NTLMAuthChallenge(base64.b64decode(token))
+    av = ntlm.AV_PAIRS(challenge["TargetInfoFields"])
+    names = {k: av[k][1].decode("utf-16-le") for k in (
+        ntlm.NTLMSSP_AV_HOSTNAME, ntlm.NTLMSSP_AV_DOMAINNAME, ntlm.NTLMSSP_AV_DNS_HOSTNAME,
+        ntlm.NTLMSSP_AV_DNS_DOMAINNAME)}  # fmt: skip
+    assert names == {
+        ntlm.NTLMSSP_AV_HOSTNAME: "EX1",
+        ntlm.NTLMSSP_AV_DOMAINNAME: "CORP",
+        ntlm.NTLMSSP_AV_DNS_HOSTNAME: "ex1.corp.example",
+        ntlm.NTLMSSP_AV_DNS_DOMAINNAME: "corp.example",
+    }
+    conn.close()
+
+
+def test_port_80_redirects_autodiscover_and_asks_kerberos_for_the_shell(
+    lst: ThreadedListener,
+) -> None:
+    conn = http.client.HTTPConnection(HOST, lst.port(80), timeout=10)
+    status, headers, _ = fetch(conn, "GET", "/autodiscover/autodiscover.xml")
+    assert (status, headers["Location"]) == (
+        302, "https://ex1.corp.example/autodiscover/autodiscover.xml"
+    )  # fmt: skip
+    status, headers, _ = fetch(conn, "GET", "/PowerShell/")
+    assert (status, headers.get_all("WWW-Authenticate")) == (401, ["Negotiate", "Kerberos"])
+    status, _, body = fetch(conn, "GET", "/owa/healthcheck.htm")
+    assert (status, body) == (200, b"200 OK<br/>ex1.corp.example")
+    conn.close()
+
+
+def test_tls_certificate_names_the_listener(lst: ThreadedListener) -> None:
+    with (
+        socket.create_connection((HOST, lst.port(443)), timeout=10) as raw,
+        unverified().wrap_socket(raw, server_hostname=NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert NAME in san.get_values_for_type(x509.DNSName)
+
+
+# -- exprobe's own probes, end to end ---------------------------------------------------------------
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    proc = exprobe("run", HOST, *args, "--format", "json", timeout=90)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return validate_report(json.loads(proc.stdout))
+
+
+def test_exprobe_run_mini_profile_against_listen_passes() -> None:
+    from exprobe.profile import load_profile
+
+    defs, scenarios = load_profile(str(MINI)).select([])
+    t = ThreadedListener(defs, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME)
+    try:
+        report = run_json("-p", str(MINI), "--port-offset", str(t.offset))
+        (target,) = report["targets"]
+        assert {v["id"]: v["verdict"] for v in target["scenarios"]} == {
+            s.id: "pass" for s in scenarios
+        }
+        results = {r["id"]: r for r in target["results"]}
+        assert {k: r["status"] for k, r in results.items()} == {d.id: "success" for d in defs}
+        for vdir in ("owa", "mapi", "rpc", "ews", "eas", "oab", "autodiscover"):
+            facts = results[vdir]["facts"]
+            assert facts["exchange_build"]["version"] == "Exchange Server 2019 CU14", vdir
+            assert facts["healthcheck"]["fqdn"] == NAME
+            assert "interception" not in facts
+        for vdir in ("mapi", "rpc", "ews", "oab", "autodiscover"):
+            ident = results[vdir]["facts"]["ntlm"]
+            assert (ident["netbios_computer"], ident["dns_computer"], ident["dns_domain"]) == (
+                "EX1", NAME, "corp.example"
+            ), vdir  # fmt: skip
+        assert results["rpc"]["facts"]["rpc_verbs"] == "carried"
+        assert results["autodiscover-http"]["facts"]["location"] == (
+            "https://ex1.corp.example/autodiscover/autodiscover.xml"
+        )
+        assert results["powershell"]["facts"]["status"] == 401
+        assert t.server is not None
+        assert t.server.summary()["never_reached"] == []
+        no_responder_errors(t)
+    finally:
+        t.close()
+
+
+def test_exprobe_run_sees_the_proxy_refusing_mapi() -> None:
+    """The demo's broken modern path: a reverse proxy answers 403 on /mapi/."""
+    from exprobe.profile import load_profile
+
+    defs, _ = load_profile(str(MINI)).select([])
+    t = ThreadedListener(
+        defs, plan_kw={"http_site": HttpSite(BUILD, refused=("/mapi/",))}, name=NAME
+    )
+    try:
+        report = run_json("-p", str(MINI), "--port-offset", str(t.offset))
+        (target,) = report["targets"]
+        failed = {v["id"]: v["reason"] for v in target["scenarios"] if v["verdict"] != "pass"}
+        assert list(failed) == ["outlook-mapihttp"]
+        bad = [(r["id"], r["status"], r["failed_step"], r["message"])
+               for r in target["results"] if r["status"] != "success"]  # fmt: skip
+        assert bad == [(
+            "mapi", "intercepted", "request",
+            "intercepted: POST /mapi/emsmdb/ answered 403 without any Exchange header",
+        )]  # fmt: skip
+    finally:
+        t.close()
+
+
+# -- hostile clients ----------------------------------------------------------------------------------
+
+
+def _exchange(port: int, payload: bytes, *, tls: bool = True) -> bytes:
+    """Send `payload` (TLS for 443), half-close, read what comes back (bounded)."""
+    raw = socket.create_connection((HOST, port), timeout=10)
+    sock: socket.socket = unverified().wrap_socket(raw) if tls else raw
+    with sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(payload)
+            if not tls:
+                sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while len(out) < 1 << 20:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def test_huge_header_block_gets_431_and_listener_lives(lst: ThreadedListener) -> None:
+    before = len(lst.records_for(80))
+    reply = _exchange(lst.port(80), b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000,
+                      tls=False)  # fmt: skip
+    assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    rec = lst.wait_records(80, before + 1)[-1]
+    assert rec.outcome.startswith("header block too large")
+    assert rec.bytes_in <= 64 * 1024
+    conn = http.client.HTTPConnection(HOST, lst.port(80), timeout=10)
+    assert fetch(conn, "GET", "/PowerShell/")[0] == 401
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x16\x03\x01\x02\x00" + bytes(range(256)), b"HELLO THERE\r\n\r\n", b"GET / SPDY/9\r\n\r\n"],
+)
+def test_garbage_gets_400_not_http(lst: ThreadedListener, payload: bytes) -> None:
+    before = len(lst.records_for(80))
+    reply = _exchange(lst.port(80), payload, tls=False)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    rec = lst.wait_records(80, before + 1)[-1]
+    assert rec.outcome.startswith("not HTTP ("), rec
+    no_responder_errors(lst)
+
+
+def test_gigabyte_rpc_channel_is_answered_not_read(lst: ThreadedListener) -> None:
+    """RPC_IN_DATA announces 1 GiB: the 401 comes at once and the connection closes."""
+    before = len(lst.records_for(443))
+    head = (b"RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 1073741824\r\n\r\n" + b"R" * 4096)  # fmt: skip
+    reply = _exchange(lst.port(443), head)
+    assert reply.startswith(b"HTTP/1.1 401 ")
+    assert b"Connection: close" in reply
+    rec = lst.wait_records(443, before + 1)[-1]
+    assert rec.outcome == "answered"
+    assert rec.bytes_in < 64 * 1024
+
+
+def test_chunked_body_over_the_bound_ends_the_connection(lst: ThreadedListener) -> None:
+    before = len(lst.records_for(80))
+    chunk = b"8000\r\n" + b"c" * 0x8000 + b"\r\n"
+    payload = b"POST /PowerShell/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    reply = _exchange(lst.port(80), payload + chunk * 4, tls=False)
+    assert reply.startswith(b"HTTP/1.1 401 ")
+    rec = lst.wait_records(80, before + 1)[-1]
+    assert rec.outcome == "request body over 65536 bytes"
+
+
+def test_keep_alive_flood_is_cut_at_100_requests(lst: ThreadedListener) -> None:
+    before = len(lst.records_for(80))
+    reply = _exchange(lst.port(80), b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n" * 150, tls=False)
+    assert reply.count(b"HTTP/1.1 302 ") == 100
+    rec = lst.wait_records(80, before + 1)[-1]
+    assert rec.outcome == "answered"
+    assert rec.dropped_actions == 100 - len(rec.actions)
+
+
+def test_slowloris_is_cut_at_the_idle_timeout(lst: ThreadedListener) -> None:
+    """A header dribbled slower than the idle timeout (2 s here) is cut; so is one that
+    keeps dribbling within it, at the connection timeout (8 s)."""
+    before = len(lst.records_for(80))
+    t0 = time.monotonic()
+    with socket.create_connection((HOST, lst.port(80)), timeout=20) as c:
+        c.sendall(b"GET / HTTP/1.1\r\n")
+        for _ in range(12):
+            try:
+                c.sendall(b"X-a: b\r\n")
+            except OSError:
+                break
+            time.sleep(1.0)
+        with contextlib.suppress(OSError):
+            assert c.recv(100) == b""
+    rec = lst.wait_records(80, before + 1)[-1]
+    assert rec.outcome.startswith("timed out"), rec
+    assert 7.0 <= time.monotonic() - t0 < 15
+
+
+def test_silent_tls_client_times_out(lst: ThreadedListener) -> None:
+    before = len(lst.records_for(443))
+    with socket.create_connection((HOST, lst.port(443)), timeout=20) as c, contextlib.suppress(
+        OSError
+    ):
+        assert c.recv(100) == b""
+    rec = lst.wait_records(443, before + 1)[-1]
+    assert rec.outcome.startswith(("timed out", "TLS handshake failed")), rec
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    payload=st.one_of(
+        st.binary(max_size=600),
+        st.builds(
+            lambda m, t, h: m + b" " + t + b" HTTP/1.1\r\n" + h + b"\r\n\r\n",
+            st.sampled_from([b"GET", b"POST", b"RPC_IN_DATA", b"OPTIONS", b"G\x00T"]),
+            st.binary(min_size=1, max_size=80),
+            st.binary(max_size=300),
+        ),
+    )
+)
+def test_fuzz_any_bytes_never_break_the_http_responder(
+    lst: ThreadedListener, payload: bytes
+) -> None:
+    before = len(lst.records_for(80))
+    _exchange(lst.port(80), payload, tls=False)
+    lst.wait_records(80, before + 1)
+    no_responder_errors(lst)
+
+
+@given(data=st.binary(max_size=2000), split=st.integers(min_value=1, max_value=64))
+def test_fuzz_session_sans_io(data: bytes, split: int) -> None:
+    """Any bytes in any slicing: the session answers, closes, or waits; it never raises."""
+    ex = ExchangeSite("EX1", "corp.example", BUILD)
+    session = HttpServerSession(ex.answer)
+    for i in range(0, len(data), split):
+        session.receive(data[i : i + split])
+    session.receive(b"")
+    assert session.closed
+
+
+# -- the command ------------------------------------------------------------------------------------------
+
+
+def test_listen_cli_plan_output_for_the_mini_profile(tmp_path: Path) -> None:
+    from tests.test_listen_clients import start_listen
+
+    lp, offset = start_listen("-p", str(MINI), "--name", NAME, "--exchange-build", BUILD,
+                              "--duration", "3")  # fmt: skip
+    out = lp.finish(None)
+    assert lp.proc.returncode == 0, lp.stderr
+    assert f"5 ports on {HOST} for profile mini2019, port offset +{offset}" in out
+    row = next(x for x in out.splitlines() if x.startswith(str(443 + offset)))
+    assert "https" in row
+    assert "implicit" in row
+    assert f"X-OWA-Version {BUILD}" in out
+    assert f"never reached: {25 + offset}, {80 + offset}, {443 + offset}" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--exchange-build", "fifteen"], "--exchange-build 'fifteen': not a build number"),
+        (["--domain", "bad domain"], "--domain 'bad domain': not a DNS domain name"),
+    ],
+)
+def test_listen_cli_http_input_errors(args: list[str], message: str) -> None:
+    proc = exprobe("listen", "--bind", HOST, "--port", "8080", *args, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
