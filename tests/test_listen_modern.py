@@ -554,3 +554,34 @@ def test_listen_cli_http_input_errors(args: list[str], message: str) -> None:
     proc = exprobe("listen", "--bind", HOST, "--port", "8080", *args, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
+
+
+# -- exprobe demo --profile --------------------------------------------------------------------------------
+
+
+def test_demo_modern_profile_shows_the_proxy_refusing_mapi() -> None:
+    from tests.test_demo import group_members, parse_both, refused, run_demo
+
+    proc, pgid = run_demo("--profile", str(MINI))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table, report = parse_both(proc.stdout)
+    validate_report(report)
+    demo = report["demo"]
+    offset = demo["port_offset"]
+    assert demo == {
+        "address": HOST, "port_offset": offset, "withheld_ports": [],
+        "expected_failures": ["outlook-mapihttp"], "as_designed": True,
+        "listener_connections": 13, "refused_paths": ["/mapi/"],
+    }  # fmt: skip
+    (target,) = report["targets"]
+    verdicts = {v["id"]: v["verdict"] for v in target["scenarios"]}
+    assert [k for k, v in verdicts.items() if v != "pass"] == ["outlook-mapihttp"]
+    bad = [(r["id"], r["status"]) for r in target["results"] if r["status"] != "success"]
+    assert bad == [("mapi", "intercepted")]
+    lines = table.splitlines()
+    assert lines[0].startswith(f"exprobe demo: listeners for profile mini2019 on {HOST}")
+    assert "refuses /mapi/ with 403" in " ".join(lines[:3])
+    assert f"/mapi/ on {443 + offset} was refused by the proxy" in table
+    assert group_members(pgid) == []
+    for base in (25, 80, 443, 587, 2525):
+        assert refused(base + offset), base + offset
