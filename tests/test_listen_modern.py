@@ -585,3 +585,24 @@ def test_demo_modern_profile_shows_the_proxy_refusing_mapi() -> None:
     assert group_members(pgid) == []
     for base in (25, 80, 443, 587, 2525):
         assert refused(base + offset), base + offset
+
+
+_VALUE = st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").strip())
+
+
+@given(
+    path=st.sampled_from([b"/mapi/emsmdb/", b"/EWS/Exchange.asmx", b"/rpc/rpcproxy.dll", b"/owa/"]),
+    method=st.sampled_from([b"GET", b"POST", b"RPC_IN_DATA", b"HEAD"]),
+    rtype=_VALUE,
+    auth=_VALUE,
+)
+def test_fuzz_echoed_and_decoded_headers(path: bytes, method: bytes, rtype: bytes, auth: bytes) -> None:
+    """Header values with any byte (latin-1, escapes) in the headers the answers read:
+    an answer or a 400, never an exception (a non-ASCII X-RequestType once raised)."""
+    ex = ExchangeSite("EX1", "corp.example", BUILD)
+    session = HttpServerSession(ex.answer)
+    req = (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nX-RequestType: " + rtype
+           + b"\r\nAuthorization: NTLM " + auth + b"\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+    out = session.receive(req)
+    assert out[:13] in (b"HTTP/1.1 302 ", b"HTTP/1.1 401 ", b"HTTP/1.1 405 ", b"HTTP/1.1 400 ")
+    assert b"\x1b" not in out.split(b"\r\n\r\n", 1)[0]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 
 from exprobe.listen.http import Answer, Request
 from exprobe.wire import exchange as wire_exchange
@@ -49,6 +50,7 @@ LOGON_PAGE = (
     b'<input type="password" name="password"></form></body></html>'
 )
 NETBIOS_CHARS = 15
+_TOKEN = re.compile(r"[A-Za-z]{1,32}")  # MS-OXCMAPIHTTP X-RequestType values
 REQUEST_ID = "6a1c7a3e-0000-4000-8000-000000000001"  # fixed: the lab tests compare it
 
 
@@ -179,8 +181,10 @@ class ExchangeSite:
                 ("X-CalculatedBETarget", self.fqdn),
                 ("X-BEServer", self.name),
                 ("X-BackEndHttpStatus", "401"),
-                ("X-RequestType", req.header("x-requesttype") or ""),
             ]
+            rtype = req.header("x-requesttype") or ""
+            if _TOKEN.fullmatch(rtype):  # Connect, Bind, ...: echoed, as Exchange does
+                extra.append(("X-RequestType", rtype))
         scheme, _, token = (req.header("authorization") or "").strip().partition(" ")
         if scheme in ("NTLM", "Negotiate") and _is_negotiate(token):
             challenge = ("WWW-Authenticate", f"{scheme} {self.challenge()}")

@@ -150,10 +150,16 @@ class HttpServerSession:
         # instead of reading a gigabyte of RPC channel to keep it alive.
         close = announced > self.max_body or (chunked and self.max_body == 0)
         close = close or self.requests >= self.max_requests
-        headers = [*ans.headers, ("Content-Length", str(len(ans.body)))]
+        # As bytes: h11 would encode str values as ASCII, and an echoed header may not be.
+        headers = [
+            (k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+            for k, v in (*ans.headers, ("Content-Length", str(len(ans.body))))
+        ]
         if close:
-            headers.append(("Connection", "close"))
+            headers.append((b"Connection", b"close"))
         body = b"" if req.method == "HEAD" or ans.status in (204, 304) else ans.body
+        # No reason phrase, as the lab's Exchange answers have always been (clients read
+        # the code; the phrase is optional, RFC 9112 §4).
         out = conn.send(h11.Response(status_code=ans.status, headers=headers)) or b""
         if body:
             out += conn.send(h11.Data(data=body)) or b""
