@@ -81,11 +81,27 @@ def fetch(
 # -- the plan ---------------------------------------------------------------------------------
 
 
-def test_plan_of_the_mini_profile() -> None:
-    from exprobe.profile import load_profile
+def mini(site: HttpSite | None = None) -> tuple[list[CheckDef], dict[str, Any]]:
+    """The mini profile's checks and the `build_plan` options `exprobe listen` gives it."""
+    from exprobe.commands.listen import listener_defs
 
-    defs, _ = load_profile(str(MINI)).select([])
-    plan = build_plan(defs, port_offset=10000, http_site=HttpSite(BUILD))
+    chosen = listener_defs(str(MINI), [], [], [])
+    kw = {"http_site": site or HttpSite(BUILD), "primary_role": chosen.primary_role,
+          "skipped": chosen.skipped}  # fmt: skip
+    return chosen.defs, kw
+
+
+GC_NOTE = "check gc (ldap-gc) runs against the dc host: not opened here"
+POP3_NOTE = (
+    "check pop3 (pop3): the product ships this service switched off (enabled = false): not "
+    "opened, as on the real server (--set pop3.enabled=true here and in `exprobe run` to "
+    "rehearse it on)"
+)
+
+
+def test_plan_of_the_mini_profile() -> None:
+    defs, kw = mini()
+    plan = build_plan(defs, port_offset=10000, **kw)
     got = {(x.port, x.protocol, x.implicit_tls): x.checks for x in plan.listeners}
     assert got == {
         (10025, "smtp", False): ("smtp",),
@@ -95,7 +111,17 @@ def test_plan_of_the_mini_profile() -> None:
         (10587, "smtp", False): ("submission",),
         (12525, "smtp", False): ("smtp-internal",),
     }  # fmt: skip
-    assert plan.notes == []
+    assert plan.notes == [POP3_NOTE, GC_NOTE]
+    assert kw["primary_role"] == "exchange"
+
+
+def test_plan_with_pop3_set_on() -> None:
+    from exprobe.commands.listen import listener_defs
+
+    chosen = listener_defs(str(MINI), [], [], [], ["pop3.enabled=true"])
+    plan = build_plan(chosen.defs, primary_role=chosen.primary_role, skipped=chosen.skipped)
+    assert 110 in plan.ports()
+    assert plan.notes == [GC_NOTE]
 
 
 def test_plan_says_what_it_does_not_rehearse() -> None:
@@ -316,25 +342,34 @@ def test_tls_certificate_names_the_listener(lst: ThreadedListener) -> None:
 # -- exprobe's own probes, end to end ---------------------------------------------------------------
 
 
-def run_json(*args: str) -> dict[str, Any]:
+def run_json(*args: str, code: int = 0) -> dict[str, Any]:
     proc = exprobe("run", HOST, *args, "--format", "json", timeout=90)
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert proc.returncode == code, proc.stdout + proc.stderr
     return validate_report(json.loads(proc.stdout))
 
 
-def test_exprobe_run_mini_profile_against_listen_passes() -> None:
-    from exprobe.profile import load_profile
+CLIENT_SCENARIOS = ["owa", "outlook-mapihttp", "outlook-anywhere", "ews", "activesync", "oab",
+                    "autodiscover-redirect", "tls-policy", "smtp-submission", "inbound-mail",
+                    "intra-org-transport", "pop-imap", "directory"]  # fmt: skip
 
-    defs, scenarios = load_profile(str(MINI)).select([])
-    t = ThreadedListener(defs, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME)
+
+def test_exprobe_run_mini_profile_against_listen_passes() -> None:
+    defs, kw = mini()
+    t = ThreadedListener(defs, plan_kw=kw, name=NAME)
     try:
-        report = run_json("-p", str(MINI), "--port-offset", str(t.offset))
+        report = run_json("-p", str(MINI), "--port-offset", str(t.offset), "--vantage", "client")
         (target,) = report["targets"]
         assert {v["id"]: v["verdict"] for v in target["scenarios"]} == {
-            s.id: "pass" for s in scenarios
+            **{sid: "pass" for sid in CLIENT_SCENARIOS},
+            "pop-imap": "not-enabled",  # shipped off: not opened, as on the real server
+            "directory": "skipped",  # the DC's check: no host bound to role dc
         }
         results = {r["id"]: r for r in target["results"]}
-        assert {k: r["status"] for k, r in results.items()} == {d.id: "success" for d in defs}
+        # remote-shell (powershell) is the admin vantage's; gc runs against the DC only
+        assert {k: r["status"] for k, r in results.items()} == {
+            **{d.id: "success" for d in defs if d.id not in ("powershell", "gc")},
+            "pop3": "connection-refused",
+        }
         for vdir in ("owa", "mapi", "rpc", "ews", "eas", "oab", "autodiscover"):
             facts = results[vdir]["facts"]
             assert facts["exchange_build"]["version"] == "Exchange Server 2019 CU14", vdir
@@ -349,7 +384,10 @@ def test_exprobe_run_mini_profile_against_listen_passes() -> None:
         assert results["autodiscover-http"]["facts"]["location"] == (
             "https://ex1.corp.example/autodiscover/autodiscover.xml"
         )
-        assert results["powershell"]["facts"]["status"] == 401
+        admin = run_json("-p", str(MINI), "--port-offset", str(t.offset), "--vantage", "admin",
+                         "--scenario", "remote-shell")  # fmt: skip
+        (r,) = admin["targets"][0]["results"]
+        assert (r["id"], r["status"], r["facts"]["status"]) == ("powershell", "success", 401)
         assert t.server is not None
         assert t.server.summary()["never_reached"] == []
         no_responder_errors(t)
@@ -359,23 +397,24 @@ def test_exprobe_run_mini_profile_against_listen_passes() -> None:
 
 def test_exprobe_run_sees_the_proxy_refusing_mapi() -> None:
     """The demo's broken modern path: a reverse proxy answers 403 on /mapi/."""
-    from exprobe.profile import load_profile
-
-    defs, _ = load_profile(str(MINI)).select([])
-    t = ThreadedListener(
-        defs, plan_kw={"http_site": HttpSite(BUILD, refused=("/mapi/",))}, name=NAME
-    )
+    defs, kw = mini(HttpSite(BUILD, refused=("/mapi/",)))
+    t = ThreadedListener(defs, plan_kw=kw, name=NAME)
     try:
-        report = run_json("-p", str(MINI), "--port-offset", str(t.offset))
+        report = run_json("-p", str(MINI), "--port-offset", str(t.offset), "--vantage", "client",
+                          code=1)  # fmt: skip
         (target,) = report["targets"]
-        failed = {v["id"]: v["reason"] for v in target["scenarios"] if v["verdict"] != "pass"}
-        assert list(failed) == ["outlook-mapihttp"]
+        verdicts = {v["id"]: v for v in target["scenarios"]}
+        assert {k: v["verdict"] for k, v in verdicts.items() if v["verdict"] != "pass"} == {
+            "outlook-mapihttp": "fail", "pop-imap": "not-enabled", "directory": "skipped",
+        }  # fmt: skip
+        assert "answered 403 without any Exchange header" in verdicts["outlook-mapihttp"]["reason"]
         bad = [(r["id"], r["status"], r["failed_step"], r["message"])
                for r in target["results"] if r["status"] != "success"]  # fmt: skip
-        assert bad == [(
-            "mapi", "intercepted", "request",
-            "intercepted: POST /mapi/emsmdb/ answered 403 without any Exchange header",
-        )]  # fmt: skip
+        assert sorted(bad) == [
+            ("mapi", "intercepted", "request",
+             "intercepted: POST /mapi/emsmdb/ answered 403 without any Exchange header"),
+            ("pop3", "connection-refused", "connect", "refused (RST)"),
+        ]  # fmt: skip
     finally:
         t.close()
 
@@ -571,19 +610,22 @@ def test_demo_modern_profile_shows_the_proxy_refusing_mapi() -> None:
     assert demo == {
         "address": HOST, "port_offset": offset, "withheld_ports": [],
         "expected_failures": ["outlook-mapihttp"], "as_designed": True,
-        "listener_connections": 13, "refused_paths": ["/mapi/"],
+        "listener_connections": 12, "refused_paths": ["/mapi/"],
     }  # fmt: skip
     (target,) = report["targets"]
     verdicts = {v["id"]: v["verdict"] for v in target["scenarios"]}
-    assert [k for k, v in verdicts.items() if v != "pass"] == ["outlook-mapihttp"]
+    assert {k: v for k, v in verdicts.items() if v != "pass"} == {
+        "outlook-mapihttp": "fail", "pop-imap": "not-enabled", "directory": "skipped",
+    }  # fmt: skip
+    assert report["profile"]["vantage"] == "client"  # the demo stands on the client subnet
     bad = [(r["id"], r["status"]) for r in target["results"] if r["status"] != "success"]
-    assert bad == [("mapi", "intercepted")]
+    assert sorted(bad) == [("mapi", "intercepted"), ("pop3", "connection-refused")]
     lines = table.splitlines()
     assert lines[0].startswith(f"exprobe demo: listeners for profile mini2019 on {HOST}")
     assert "refuses /mapi/ with 403" in " ".join(lines[:3])
     assert f"/mapi/ on {443 + offset} was refused by the proxy" in table
     assert group_members(pgid) == []
-    for base in (25, 80, 443, 587, 2525):
+    for base in (25, 80, 110, 443, 587, 2525):
         assert refused(base + offset), base + offset
 
 

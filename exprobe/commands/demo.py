@@ -167,6 +167,7 @@ def demo(
     """Rehearse exchange55 against in-process listeners on loopback, one port held back."""
     if fmt not in ("table", "json", "both"):
         raise InputError(f"--format {fmt!r}: expected table, json or both")
+    from exprobe.commands.common import profile_plan
     from exprobe.engine.evaluate import evaluate
     from exprobe.engine.runner import RunOptions
     from exprobe.engine.scheduler import Limits
@@ -184,10 +185,14 @@ def demo(
     from exprobe.targets import parse_target
 
     prof = load_profile(profile or DEMO_PROFILE)
-    defs, scenarios = prof.select([])
+    # The modern profiles judge from a vantage: the demo stands on the client subnet.
+    vantage = "client" if "client" in prof.vantages else None
+    pplan = profile_plan(profile or DEMO_PROFILE, vantage=vantage)
+    defs, scenarios = pplan.defs, pplan.scenarios
     modern = is_modern(defs)
     name = MODERN_NAME if modern else DEMO_NAME
-    primary_role = getattr(prof, "primary_role", None)
+    primary_role = pplan.primary_role
+    disabled = {d.id: "shipped switched off" for d in defs if d.id in pplan.judging.disabled}
     out = make_console(no_color)
     err = make_console(no_color, stderr=True)
 
@@ -200,8 +205,9 @@ def demo(
                 setup = _modern_setup(defs, scenarios, offset)
                 site = HttpSite(default_build(prof.name), refused=setup.refused)
                 plan = build_plan(
-                    defs, port_offset=offset, http_site=site, primary_role=primary_role
-                )
+                    defs, port_offset=offset, http_site=site, primary_role=primary_role,
+                    skipped=disabled,
+                )  # fmt: skip
             else:
                 setup = _withhold(defs, scenarios, build_plan, offset)
                 plan = build_plan(defs, port_offset=offset, withhold=setup.withheld_ports)
@@ -238,8 +244,9 @@ def demo(
                             tls=TlsOptions(ca_file=ca.name),
                         ),
                         Limits(concurrency=64, per_host=16),
+                        primary_role=primary_role,
                     )
-                    session.report.profile = prof.info()
+                    session.report.profile = pplan.info
                     report = await session.run()
             finally:
                 await server.close()
@@ -250,13 +257,10 @@ def demo(
         )
 
     report, setup, server = run_async(main())
-    evaluate(report, scenarios)
+    evaluate(report, scenarios, pplan.judging)
     verdicts = report.all_verdicts()
-    if modern:
-        failed = sorted(v.id for v in verdicts if v.verdict == "fail")
-        others = all(v.verdict in OTHER_VERDICTS for v in verdicts if v.verdict != "fail")
-    else:
-        failed, others = sorted(v.id for v in verdicts if not v.passed), True
+    failed = sorted(v.id for v in verdicts if v.failed)
+    others = all(v.verdict in OTHER_VERDICTS for v in verdicts if not v.failed)
     as_designed = failed == sorted(setup.expect_fail) and bool(failed) and others
     report.extra["demo"] = {
         "address": DEMO_ADDRESS,

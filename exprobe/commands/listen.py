@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -26,32 +27,53 @@ _NAME_RE = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A
 GOOD_OUTCOMES = ("said goodbye", "answered", "peer closed")
 
 
+@dataclass(slots=True)
+class ListenDefs:
+    """The checks to serve, the profile's report object, the role this host plays (None:
+    the profile binds no check to a role) and the checks left out, with why."""
+
+    defs: list[Any]
+    info: dict[str, Any] | None = None
+    primary_role: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
 def listener_defs(
-    profile: str | None, scenario: list[str], port: list[int], check: list[str]
-) -> tuple[list[Any], dict[str, Any] | None]:
+    profile: str | None,
+    scenario: list[str],
+    port: list[int],
+    check: list[str],
+    sets: list[str] | None = None,
+) -> ListenDefs:
     """The checks to serve: a profile's (its selected scenarios'), or ad hoc ones.
 
-    The profile's `info()` carries, besides its name, `primary_role` (checks bound to
-    another role run against other hosts, so the plan leaves them out)."""
+    A check of a service the product ships switched off (`enabled = false`: POP3 and IMAP4
+    on Exchange 2013 and later) is left out, as the real server leaves it closed, unless
+    `--set CHECK.enabled=true` says it will be on."""
     from exprobe.commands.common import adhoc_defs
 
     if profile and (port or check):
         raise InputError("-p/--profile and --port/--check exclude each other")
-    if scenario and not profile:
-        raise InputError("--scenario needs -p/--profile")
+    if (scenario or sets) and not profile:
+        raise InputError("--scenario and --set need -p/--profile")
     if profile:
-        from exprobe.profile import load_profile
+        from exprobe.commands.common import profile_plan
 
-        prof = load_profile(profile)
-        defs, _scenarios = prof.select(scenario)
-        info: dict[str, Any] | None = dict(prof.info())
-        assert info is not None
-        info["primary_role"] = getattr(prof, "primary_role", None)
-        return list(defs), info
+        pplan = profile_plan(profile, sets=sets, scenarios=scenario)
+        skipped = {
+            d.id: (
+                f"check {d.id} ({d.probe}): the product ships this service switched off "
+                f"(enabled = false): not opened, as on the real server (--set {d.id}.enabled=true "
+                "here and in `exprobe run` to rehearse it on)"
+            )
+            for d in pplan.defs
+            if d.id in pplan.judging.disabled
+        }
+        return ListenDefs(list(pplan.defs), pplan.info, pplan.primary_role, skipped)
     defs = adhoc_defs(port, check)
     if not defs:
         raise InputError("nothing to listen for: give -p PROFILE, --port N or --check PROBE[:PORT]")
-    return defs, None
+    return ListenDefs(defs)
 
 
 def http_site(build: str | None, domain: str | None, profile: str | None) -> Any:
@@ -283,6 +305,14 @@ def listen(
             show_default=False,
         ),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a profile check parameter: CHECK.PARAM=VALUE (as `exprobe run`).",
+            show_default=False,
+        ),
+    ] = None,
     exchange_build: Annotated[
         str | None,
         typer.Option(
@@ -323,12 +353,14 @@ def listen(
     server_name = name or default_name()
     if not _NAME_RE.match(server_name):
         raise InputError(f"--name {server_name!r}: not a host name (letters, digits, '-', '.')")
-    defs, info = listener_defs(profile, scenario or [], port or [], check or [])
+    chosen = listener_defs(profile, scenario or [], port or [], check or [], set_)
+    info = chosen.info
     plan = build_plan(
-        defs,
+        chosen.defs,
         port_offset=port_offset,
         http_site=http_site(exchange_build, domain, (info or {}).get("name")),
-        primary_role=(info or {}).get("primary_role"),
+        primary_role=chosen.primary_role,
+        skipped=chosen.skipped,
     )
     jlog = JsonLog(log_json) if log_json else None
     out = make_console(no_color)

@@ -175,9 +175,8 @@ def _probe_info(probe: str) -> tuple[bool, bool]:
 
 def _skip_reason(d: CheckDef, primary_role: str | None) -> str | None:
     """Why this check gets no listener here, or None when it does."""
-    role = getattr(d, "role", None)
-    if role and role != (primary_role or role):
-        return f"check {d.id} ({d.probe}) runs against the {role} host: not opened here"
+    if d.role and d.role != primary_role:
+        return f"check {d.id} ({d.probe}) runs against the {d.role} host: not opened here"
     known, connects = _probe_info(d.probe)
     if known and not connects:
         return (
