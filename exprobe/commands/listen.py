@@ -89,6 +89,14 @@ def http_site(build: str | None, domain: str | None, profile: str | None) -> Any
     return HttpSite(build or default_build(profile), domain)
 
 
+def write_ca(path: str, pem: bytes) -> None:
+    """`--ca-out`: the rehearsal CA's certificate (a few hundred bytes, written once)."""
+    try:
+        Path(path).write_bytes(pem)
+    except OSError as exc:
+        raise InputError(f"--ca-out {path}: cannot write ({exc.strerror})") from None
+
+
 def _local_time(iso: str) -> str:
     try:
         t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
@@ -374,11 +382,6 @@ def listen(
     from exprobe.listen.tlscert import make_certificate, server_context
 
     material = make_certificate(server_name, addresses)
-    if ca_out:
-        try:
-            Path(ca_out).write_bytes(material.ca_pem)
-        except OSError as exc:
-            raise InputError(f"--ca-out {ca_out}: cannot write ({exc.strerror})") from None
     server = build_server(
         plan,
         addresses,
@@ -406,6 +409,8 @@ def listen(
             raise InputError(bind_error_text(exc, port_offset)) from None
         started["yes"] = True
         try:
+            if ca_out:  # only once the ports are ours: a failed start keeps the old CA file
+                write_ca(ca_out, material.ca_pem)
             _announce(
                 out, server, plan, addresses, info, port_offset, duration, ca_out, scenario or []
             )

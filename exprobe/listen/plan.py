@@ -31,6 +31,7 @@ from exprobe.probes import load_all
 # Pinned ports used when a profile's msrpc-epm check names none (KB 155831 / 161931
 # leave the choice to the administrator; these are the values docs/listen.md shows).
 DEFAULT_STATIC_PORTS: dict[str, int] = {"ds": 1600, "is": 1601, "mta": 1602, "sa": 1603}
+OTHER_PORT = 1610  # the interfaces a check maps itself (a dynamic port on Windows)
 COMPONENTS = ("ds", "is", "mta", "sa")
 IMPLICIT_LABEL = {"smtp": "smtps", "pop3": "pop3s", "imap": "imaps", "nntp": "nntps",
                   "ldap": "ldaps", "http": "https"}  # fmt: skip
@@ -142,8 +143,10 @@ def _static_ports(defs: list[CheckDef]) -> tuple[dict[str, int], set[str]]:
     """Component -> expected port from the msrpc-epm checks, and the components named.
 
     Only the components the checks ask for (their `components` parameter, narrowed by
-    `--scenario`) are registered and opened: a registration with nothing listening behind
-    it would send the client after a port this rehearsal never meant to open.
+    `--scenario`; `components = []` asks for none) are registered and opened: a
+    registration with nothing listening behind it would send the client after a port this
+    rehearsal never meant to open.  The interfaces a check maps itself (`interfaces`: the
+    failover cluster's, on modern Exchange) are component `other`.
     """
     found: dict[str, int] = {}
     wanted: list[str] = []
@@ -151,9 +154,11 @@ def _static_ports(defs: list[CheckDef]) -> tuple[dict[str, int], set[str]]:
         if d.probe != "msrpc-epm":
             continue
         comps = getattr(d.params, "components", None)
-        for comp in comps if isinstance(comps, tuple) and comps else COMPONENTS:
+        for comp in comps if isinstance(comps, tuple) else COMPONENTS:
             if comp in COMPONENTS and comp not in wanted:
                 wanted.append(comp)
+        if getattr(d.params, "interfaces", ()) and "other" not in wanted:
+            wanted.append("other")
         for comp in COMPONENTS:
             value = getattr(d.params, f"expect_{comp}", None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -163,8 +168,22 @@ def _static_ports(defs: list[CheckDef]) -> tuple[dict[str, int], set[str]]:
                         f"endpoint-mapper check ({found[comp]}); one listener cannot be both"
                     )
                 found[comp] = value
-    ordered = [c for c in COMPONENTS if c in wanted]
-    return {c: found.get(c, DEFAULT_STATIC_PORTS[c]) for c in ordered}, set(found)
+    ordered = [c for c in (*COMPONENTS, "other") if c in wanted]
+    return {c: found.get(c, DEFAULT_STATIC_PORTS.get(c, OTHER_PORT)) for c in ordered}, set(found)
+
+
+def _extra_interfaces(defs: list[CheckDef]) -> list[tuple[str, tuple[int, int]]]:
+    """The `interfaces` the msrpc-epm checks map themselves, each once."""
+    from exprobe.probes.msrpc import parse_interface_spec
+
+    out: list[tuple[str, tuple[int, int]]] = []
+    for d in defs:
+        if d.probe == "msrpc-epm":
+            for spec in getattr(d.params, "interfaces", ()):
+                iface = parse_interface_spec(spec)
+                if iface not in out:
+                    out.append(iface)
+    return out
 
 
 def _probe_info(probe: str) -> tuple[bool, bool]:
@@ -248,19 +267,34 @@ def build_plan(
     epm_checks = [d for d in defs if d.probe == "msrpc-epm"]
     for d in defs:
         probe, implicit = _wanted(d)
-        claim(_port(d, port_offset), probe, implicit, d.id)
+        port = _port(d, port_offset)
+        if port > 65535 and port_offset:
+            # 64327 (DAG replication) + 20000: rehearse the rest, say what is left out.
+            plan.notes.append(
+                f"check {d.id}: port {port - port_offset} + offset {port_offset} is past 65535:"
+                f" not opened (an offset of at most {65535 - port + port_offset} keeps it)"
+            )
+            continue
+        claim(port, probe, implicit, d.id)
 
     if epm_checks:
         static, named = _static_ports(defs)
         plan.static_ports = {c: p + port_offset for c, p in static.items()}
-        if not named:
-            shown = ", ".join(f"{c.upper()} {p}" for c, p in static.items())
+        plus = f" (+{port_offset})" if port_offset else ""
+        classic = {c: p for c, p in static.items() if c != "other"}
+        if "other" in static:
+            plan.notes.append(
+                f"the endpoint mapper registers the interfaces the checks map themselves on "
+                f"{static['other']}{plus} (a dynamic port on Windows)"
+            )
+        if classic and not named:
+            shown = ", ".join(f"{c.upper()} {p}" for c, p in classic.items())
             plan.notes.append(
                 "no pinned DS/IS/MTA ports given (msrpc-epm expect_ds/expect_is/expect_mta): "
-                f"registering the defaults {shown}" + (f" (+{port_offset})" if port_offset else "")
+                f"registering the defaults {shown}{plus}"
             )
-        else:
-            unnamed = [c for c in static if c not in named]
+        elif classic:
+            unnamed = [c for c in classic if c not in named]
             if unnamed:
                 plan.notes.append(
                     "no expected port for "
@@ -271,7 +305,11 @@ def build_plan(
 
     from exprobe.listen import msrpc
 
-    registry = msrpc.Registry.exchange55(plan.static_ports) if epm_checks else None
+    registry = (
+        msrpc.Registry.exchange55(plan.static_ports, _extra_interfaces(defs))
+        if epm_checks
+        else None
+    )
     withheld = set(withhold)
     for port in sorted(slots):
         s = slots[port]
