@@ -610,7 +610,7 @@ def test_demo_modern_profile_shows_the_proxy_refusing_mapi() -> None:
     assert demo == {
         "address": HOST, "port_offset": offset, "withheld_ports": [],
         "expected_failures": ["outlook-mapihttp"], "as_designed": True,
-        "listener_connections": 12, "refused_paths": ["/mapi/"],
+        "listener_connections": 12, "refused_paths": ["/mapi/"], "left_out": [],
     }  # fmt: skip
     (target,) = report["targets"]
     verdicts = {v["id"]: v["verdict"] for v in target["scenarios"]}
@@ -648,3 +648,165 @@ def test_fuzz_echoed_and_decoded_headers(path: bytes, method: bytes, rtype: byte
     out = session.receive(req)
     assert out[:13] in (b"HTTP/1.1 302 ", b"HTTP/1.1 401 ", b"HTTP/1.1 405 ", b"HTTP/1.1 400 ")
     assert b"\x1b" not in out.split(b"\r\n\r\n", 1)[0]
+
+
+# -- the shipped exchange2019 profile, end to end ---------------------------------------------------------
+
+CLUSTER = "b97db8b2-4c63-11cf-bff6-08002be23f2f"  # MS-CMRP, the mbx-epm check's own interface
+
+
+def ex2019(site: HttpSite | None = None) -> tuple[list[CheckDef], dict[str, Any]]:
+    from exprobe.commands.listen import listener_defs
+
+    chosen = listener_defs("exchange2019", [], [], [])
+    kw = {"http_site": site or HttpSite(default_build("exchange2019")),
+          "primary_role": chosen.primary_role, "skipped": chosen.skipped}  # fmt: skip
+    return chosen.defs, kw
+
+
+def test_plan_of_exchange2019() -> None:
+    """Every Exchange-role port, one HTTPS listener for the vdirs, and a note for each
+    check of another role, each service shipped off and each lookup."""
+    defs, kw = ex2019()
+    plan = build_plan(defs, port_offset=1000, **kw)
+    got = {(x.port - 1000, x.protocol): x.checks for x in plan.listeners}
+    assert got == {
+        (25, "smtp"): ("smtp", "intra-25"),
+        (80, "http"): ("powershell",),
+        (135, "msrpc-epm"): ("mbx-epm",),
+        (443, "https"): ("owa", "mapi", "nspi", "rpc", "ews", "eas", "oab", "autodiscover-vdir",
+                         "tls-443"),
+        (444, "tls"): ("backend-444",),
+        (465, "smtp"): ("client-proxy", "intra-465"),
+        (475, "smtp"): ("intra-475",),
+        (587, "smtp"): ("submission",),
+        (717, "smtp"): ("intra-717",),
+        (1610, "msrpc-other"): ("mbx-epm:other",),
+        (2525, "smtp"): ("intra-2525",),
+        (64327, "tcp"): ("replication",),
+    }  # fmt: skip
+    skipped_roles = [n.split(" ")[1] for n in plan.notes if "host: not opened here" in n]
+    assert skipped_roles == ["witness-smb", "dc-ldap", "dc-gc", "dc-ldaps", "dc-gcs",
+                             "dc-kerberos", "dc-smb", "dc-dns", "dc-epm", "edge-smtp",
+                             "edge-sync"]  # fmt: skip
+    off = [n.split(" ")[1] for n in plan.notes if "(enabled = false)" in n]
+    assert off == ["pop3", "pop3s", "imap", "imaps"]
+    assert [n for n in plan.notes if "looks names up" in n] == [
+        "check autodiscover (autodiscover) looks names up and asks other hosts: not rehearsed "
+        "by a listener",
+        "check mx (mx) looks names up and asks other hosts: not rehearsed by a listener",
+    ]
+    assert plan.notes[-1] == (
+        "the endpoint mapper registers the interfaces the checks map themselves on 1610 "
+        "(+1000) (a dynamic port on Windows)"
+    )
+    # An offset that pushes 64327 past 65535: said, and the rest still rehearsed.
+    plan = build_plan(defs, port_offset=20000, **kw)
+    assert 84327 not in plan.ports()
+    assert ("check replication: port 64327 + offset 20000 is past 65535: not opened (an "
+            "offset of at most 1208 keeps it)") in plan.notes  # fmt: skip
+
+
+EX2019_CLIENT = {
+    "autodiscover": ("application-error", "methods"),  # looks up the mail domain: not here
+    "autodiscover-vdir": ("success", None), "eas": ("success", None),
+    "ews": ("success", None), "mapi": ("success", None), "nspi": ("success", None),
+    "oab": ("success", None), "owa": ("success", None), "rpc": ("success", None),
+    "tls-443": ("success", None),
+    "tls-443/tls1.0": ("connection-closed", "tls-handshake"),  # TLS 1.2 and later only
+    "tls-443/tls1.1": ("connection-closed", "tls-handshake"),
+    "tls-443/tls1.2": ("success", None), "tls-443/tls1.3": ("success", None),
+    "client-proxy": ("success", None), "submission": ("success", None),
+    "pop3": ("connection-refused", "connect"), "pop3s": ("connection-refused", "connect"),
+    "imap": ("connection-refused", "connect"), "imaps": ("connection-refused", "connect"),
+}  # fmt: skip
+
+
+def test_exprobe_run_exchange2019_client_vantage_against_listen() -> None:
+    """`exprobe listen -p exchange2019` + `exprobe run 127.0.0.1 -p exchange2019
+    --port-offset N --vantage client`: exact statuses and verdicts."""
+    defs, kw = ex2019()
+    t = ThreadedListener(defs, plan_kw=kw, name=NAME)
+    try:
+        report = run_json("-p", "exchange2019", "--port-offset", str(t.offset), "--vantage",
+                          "client", code=1)  # fmt: skip
+        (target,) = report["targets"]
+        results = {r["id"]: r for r in target["results"]}
+        assert {k: (r["status"], r["failed_step"]) for k, r in results.items()} == EX2019_CLIENT
+        for vdir in ("owa", "mapi", "nspi", "rpc", "ews", "eas", "oab", "autodiscover-vdir"):
+            facts = results[vdir]["facts"]
+            assert facts["exchange_build"]["version"] == "Exchange Server 2019 CU15", vdir
+            assert facts["exchange_headers"]["X-FEServer"] == "EX1"
+            if vdir != "nspi":  # the profile reads /mapi/healthcheck.htm once, for mapi
+                assert facts["healthcheck"]["fqdn"] == NAME, vdir
+        for vdir in ("mapi", "nspi", "rpc", "ews", "oab", "autodiscover-vdir"):
+            assert results[vdir]["facts"]["ntlm"]["dns_computer"] == NAME, vdir
+        verdicts = {v["id"]: v["verdict"] for v in target["scenarios"]}
+        assert verdicts == {
+            "autodiscover": "fail", "owa": "pass", "outlook-mapihttp": "pass",
+            "outlook-anywhere": "pass", "ews": "pass", "activesync": "pass", "oab": "pass",
+            "smtp-submission": "pass", "pop3": "not-enabled", "imap4": "not-enabled",
+            "tls-policy": "pass",
+        }  # fmt: skip
+        no_responder_errors(t)
+    finally:
+        t.close()
+
+
+def test_exchange2019_endpoint_mapper_hands_out_the_cluster_interface() -> None:
+    """The mbx-epm check maps the failover cluster's interface itself (component other):
+    impacket's ept_map finds it on 1610 + offset, and a bind there is accepted."""
+    from impacket.dcerpc.v5 import epm
+    from impacket.uuid import uuidtup_to_bin
+
+    from tests.test_listen_clients import _impacket_dce
+
+    defs, kw = ex2019()
+    t = ThreadedListener(defs, plan_kw=kw, name=NAME)
+    try:
+        dce = _impacket_dce(t.port(135))
+        try:
+            dce.bind(epm.MSRPC_UUID_PORTMAP)
+            binding = epm.hept_map(HOST, uuidtup_to_bin((CLUSTER, "3.0")),
+                                   protocol="ncacn_ip_tcp", dce=dce)  # fmt: skip
+        finally:
+            dce.disconnect()
+        assert binding == f"ncacn_ip_tcp:{HOST}[{t.port(1610)}]"
+        dce = _impacket_dce(t.port(1610))
+        try:
+            dce.bind(uuidtup_to_bin((CLUSTER, "3.0")))
+        finally:
+            dce.disconnect()
+    finally:
+        t.close()
+
+
+def test_demo_exchange2019() -> None:
+    """`exprobe demo --profile exchange2019`: MAPI over HTTP fails (both /mapi/ checks
+    intercepted), POP3 and IMAP4 are not enabled, Autodiscover is left out (said so)."""
+    from tests.test_demo import parse_both, run_demo
+
+    proc, _ = run_demo("--profile", "exchange2019")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table, report = parse_both(proc.stdout)
+    validate_report(report)
+    demo = report["demo"]
+    assert (demo["expected_failures"], demo["as_designed"], demo["left_out"]) == (
+        ["outlook-mapihttp"], True, ["autodiscover"]
+    )  # fmt: skip
+    (target,) = report["targets"]
+    verdicts = {v["id"]: v["verdict"] for v in target["scenarios"]}
+    assert verdicts == {
+        "owa": "pass", "outlook-mapihttp": "fail", "outlook-anywhere": "pass", "ews": "pass",
+        "activesync": "pass", "oab": "pass", "smtp-submission": "pass", "pop3": "not-enabled",
+        "imap4": "not-enabled", "tls-policy": "pass",
+    }  # fmt: skip
+    bad = sorted((r["id"], r["status"]) for r in target["results"] if r["status"] != "success")
+    assert bad == [
+        ("imap", "connection-refused"), ("imaps", "connection-refused"), ("mapi", "intercepted"),
+        ("nspi", "intercepted"), ("pop3", "connection-refused"), ("pop3s", "connection-refused"),
+        ("tls-443/tls1.0", "connection-closed"), ("tls-443/tls1.1", "connection-closed"),
+    ]  # fmt: skip
+    assert "Left out: Autodiscover (decided by DNS lookups of the mail domain" in " ".join(
+        table.splitlines()[:4]
+    )

@@ -68,6 +68,22 @@ def is_modern(defs: list[Any]) -> bool:
     )
 
 
+def rehearsable(pplan: Any) -> tuple[list[str], list[Any]]:
+    """The ids of the scenarios listeners can stand in for, and the scenarios left out:
+    those a lookup probe decides (it asks DNS, not the server)."""
+    from exprobe.probes import get as get_probe
+
+    lookups = {d.id for d in pplan.defs if not get_probe(d.probe).connects}
+    keep: list[Any] = []
+    out: list[Any] = []
+    for sc in pplan.scenarios:
+        decided_by_lookup = any(r.check in lookups for r in sc.all) or any(
+            group and all(r.check in lookups for r in group) for group in sc.any
+        )
+        (out if decided_by_lookup else keep).append(sc)
+    return [sc.id for sc in keep], out
+
+
 def _fails_without(scenario: Any, broken: set[str]) -> bool:
     """Whether `scenario` fails when the checks `broken` fail: one of its `all`
     requirements is broken, or every alternative of one of its `any` groups is."""
@@ -188,8 +204,14 @@ def demo(
     # The modern profiles judge from a vantage: the demo stands on the client subnet.
     vantage = "client" if "client" in prof.vantages else None
     pplan = profile_plan(profile or DEMO_PROFILE, vantage=vantage)
+    modern = is_modern(pplan.defs)
+    left_out: list[Any] = []
+    if modern:
+        # Scenarios decided by a lookup (Autodiscover's DNS methods, MX records) need the
+        # mail domain's DNS, which nothing on loopback stands in for: left out, and said.
+        keep, left_out = rehearsable(pplan)
+        pplan = profile_plan(profile or DEMO_PROFILE, scenarios=keep, vantage=vantage)
     defs, scenarios = pplan.defs, pplan.scenarios
-    modern = is_modern(defs)
     name = MODERN_NAME if modern else DEMO_NAME
     primary_role = pplan.primary_role
     disabled = {d.id: "shipped switched off" for d in defs if d.id in pplan.judging.disabled}
@@ -272,11 +294,17 @@ def demo(
     }
     if setup.refused:
         report.extra["demo"]["refused_paths"] = list(setup.refused)
+        report.extra["demo"]["left_out"] = [sc.id for sc in left_out]
 
     head = (
         f"exprobe demo: listeners for profile {prof.name} on {DEMO_ADDRESS} "
         f"(every port +{setup.offset}); {setup.header}."
     )
+    if left_out:
+        head += (
+            f" Left out: {', '.join(sc.title for sc in left_out)} (decided by DNS lookups of "
+            "the mail domain, which nothing on loopback stands in for)."
+        )
     if fmt in ("table", "both"):
         out.print(Text(head, style="bold"))
         render_table(report, out)
