@@ -810,3 +810,32 @@ def test_demo_exchange2019() -> None:
     assert "Left out: Autodiscover (decided by DNS lookups of the mail domain" in " ".join(
         table.splitlines()[:4]
     )
+
+
+@pytest.mark.parametrize("profile", ["exchange2013", "exchange2016", "exchange-se", "exchange-hybrid"])
+def test_demo_other_modern_profiles_go_as_designed(profile: str) -> None:
+    from tests.test_demo import run_demo
+
+    proc, _ = run_demo("--profile", profile, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = validate_report(json.loads(proc.stdout))
+    verdicts = {v["id"]: v["verdict"] for v in report["targets"][0]["scenarios"]}
+    assert {k: v for k, v in verdicts.items() if v != "pass"} == {
+        "outlook-mapihttp": "fail", "pop3": "not-enabled", "imap4": "not-enabled",
+    }  # fmt: skip
+    build = next(r["facts"]["exchange_build"] for r in report["targets"][0]["results"]
+                 if r["id"] == "owa")  # fmt: skip
+    assert build["build"] == default_build(profile)
+
+
+def test_demo_profile_without_a_broken_path_is_a_usage_error() -> None:
+    from tests.test_demo import run_demo
+
+    proc, _ = run_demo("--profile", "exchange-edge")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "exprobe: error: --profile exchange-edge: the demo has no broken path to show for this "
+        "profile (it breaks the Information Store's port, IMAP4, or MAPI over HTTP); try "
+        "exchange55 or exchange2019"
+    )
+    assert proc.stdout == ""

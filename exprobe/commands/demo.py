@@ -212,6 +212,12 @@ def demo(
         keep, left_out = rehearsable(pplan)
         pplan = profile_plan(profile or DEMO_PROFILE, scenarios=keep, vantage=vantage)
     defs, scenarios = pplan.defs, pplan.scenarios
+    if not modern and not _withhold(defs, scenarios, build_plan, OFFSETS[0]).expect_fail:
+        raise InputError(
+            f"--profile {profile}: the demo has no broken path to show for this profile "
+            "(it breaks the Information Store's port, IMAP4, or MAPI over HTTP); try "
+            "exchange55 or exchange2019"
+        )
     name = MODERN_NAME if modern else DEMO_NAME
     primary_role = pplan.primary_role
     disabled = {d.id: "shipped switched off" for d in defs if d.id in pplan.judging.disabled}
