@@ -86,10 +86,12 @@ class ThreadedListener:
         loop: str = "asyncio",
         plan_kw: dict[str, Any] | None = None,
         name: str = NAME,
+        addresses: list[str] | None = None,
         **opts: Any,
     ) -> None:
         self.records: list[ConnRecord] = []
         self.name = name
+        self.addresses = addresses or [HOST]
         self._defs = defs
         self._plan_kw = plan_kw or {}
         self._opts = opts
@@ -127,14 +129,14 @@ class ThreadedListener:
     async def _start(self) -> None:
         from exprobe.listen.tlscert import make_certificate, server_context
 
-        tls = server_context(make_certificate(self.name, [HOST]))
+        tls = server_context(make_certificate(self.name, self.addresses))
         offsets = list(OFFSETS)
         random.shuffle(offsets)
         for offset in offsets:
             plan = build_plan(self._defs, port_offset=offset, **self._plan_kw)
             server = build_server(
                 plan,
-                [HOST],
+                self.addresses,
                 ServiceOptions(self.name, **self._opts),
                 self.records.append,
                 tls_context=tls,

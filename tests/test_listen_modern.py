@@ -839,3 +839,22 @@ def test_demo_profile_without_a_broken_path_is_a_usage_error() -> None:
         "exchange55 or exchange2019"
     )
     assert proc.stdout == ""
+
+
+def test_ipv4_and_ipv6_listeners_answer_alike() -> None:
+    """`--bind 127.0.0.1 --bind ::1`: the same Exchange answers on both families."""
+    t = ThreadedListener(MODERN, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME,
+                         addresses=[HOST, "::1"])  # fmt: skip
+    try:
+        for host in (HOST, "::1"):
+            conn = http.client.HTTPSConnection(host, t.port(443), timeout=10, context=unverified())
+            status, headers, _ = fetch(conn, "GET", "/EWS/Exchange.asmx")
+            assert (status, headers["X-FEServer"]) == (401, "EX1"), host
+            conn.close()
+            conn80 = http.client.HTTPConnection(host, t.port(80), timeout=10)
+            assert fetch(conn80, "GET", "/autodiscover/autodiscover.xml")[0] == 302
+            conn80.close()
+        recs = t.wait_records(443, 2) + t.wait_records(80, 2)
+        assert sorted(r.peer for r in recs) == ["127.0.0.1", "127.0.0.1", "::1", "::1"]
+    finally:
+        t.close()
