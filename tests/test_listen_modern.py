@@ -578,7 +578,7 @@ def test_listen_cli_plan_output_for_the_mini_profile(tmp_path: Path) -> None:
     row = next(x for x in out.splitlines() if x.startswith(str(443 + offset)))
     assert "https" in row
     assert "implicit" in row
-    assert f"X-OWA-Version {BUILD}" in out
+    assert f"X-OWA-Version {BUILD} (Exchange Server 2019 CU14)" in out
     assert f"never reached: {25 + offset}, {80 + offset}, {443 + offset}" in out
 
 

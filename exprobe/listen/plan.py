@@ -105,9 +105,14 @@ def _http_note(site: HttpSite, *, tls: bool) -> str:
     refused = f"; a proxy refuses {', '.join(site.refused)} (403)" if site.refused else ""
     if not tls:
         return "HTTP: 302 to https (Autodiscover redirect), /PowerShell/ 401 Kerberos" + refused
+    from exprobe.listen.exchange import default_build
+    from exprobe.wire.exchange import name_build
+
+    build = site.build or default_build(None)
+    named = (name_build(build) or {}).get("version")
     return (
         "Exchange vdirs: 401 Negotiate/NTLM + CHALLENGE, /owa/ 302, healthcheck.htm, "
-        "X-OWA-Version " + (site.build or "(default)") + refused
+        f"X-OWA-Version {build}" + (f" ({named})" if named else "") + refused
     )
 
 
