@@ -858,3 +858,26 @@ def test_ipv4_and_ipv6_listeners_answer_alike() -> None:
         assert sorted(r.peer for r in recs) == ["127.0.0.1", "127.0.0.1", "::1", "::1"]
     finally:
         t.close()
+
+
+def test_listen_cli_exchange2019_notes_and_set(tmp_path: Path) -> None:
+    """The plan output says what is not rehearsed; `--set pop3.enabled=true` opens POP3."""
+    from tests.test_listen_clients import start_listen
+
+    log = tmp_path / "listen.jsonl"
+    lp, offset = start_listen("-p", "exchange2019", "--name", NAME, "--set", "pop3.enabled=true",
+                              "--log-json", str(log), "--duration", "2",
+                              offsets=[1000, 1050, 1100, 1150])  # fmt: skip
+    out = lp.finish(None)
+    assert lp.proc.returncode == 0, lp.stderr
+    lines = out.splitlines()
+    assert any(x.startswith(f"{110 + offset} ") and "pop3" in x for x in lines), out
+    notes = [x for x in lines if x.startswith("note: ")]
+    assert "note: check dc-kerberos (kerberos) runs against the dc host: not opened here" in notes
+    assert not any("check pop3 (pop3)" in n for n in notes)
+    assert any(n.startswith("note: check imap (imap): the product ships this service") for n in notes)
+    listening = json.loads(log.read_text().splitlines()[0])
+    assert listening["profile"] == "exchange2019"
+    assert {x["port"] - offset for x in listening["listeners"]} == {
+        25, 80, 110, 135, 443, 444, 465, 475, 587, 717, 1610, 2525, 64327,
+    }  # fmt: skip

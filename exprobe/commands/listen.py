@@ -20,6 +20,7 @@ from rich.text import Text
 
 from exprobe import __version__
 from exprobe.cli import app, make_console, run_async
+from exprobe.commands.run import SetOpt
 from exprobe.errors import InputError
 from exprobe.report.safe import printable
 
@@ -313,14 +314,7 @@ def listen(
             show_default=False,
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override a profile check parameter: CHECK.PARAM=VALUE (as `exprobe run`).",
-            show_default=False,
-        ),
-    ] = None,
+    set_: SetOpt = None,
     exchange_build: Annotated[
         str | None,
         typer.Option(
