@@ -881,3 +881,22 @@ def test_listen_cli_exchange2019_notes_and_set(tmp_path: Path) -> None:
     assert {x["port"] - offset for x in listening["listeners"]} == {
         25, 80, 110, 135, 443, 444, 465, 475, 587, 717, 1610, 2525, 64327,
     }  # fmt: skip
+
+
+def test_peer_closing_mid_request_is_logged_as_such(lst: ThreadedListener) -> None:
+    before = len(lst.records_for(80))
+    reply = _exchange(lst.port(80), b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b", tls=False)
+    assert reply == b""
+    rec = lst.wait_records(80, before + 1)[-1]
+    assert rec.outcome == "peer closed mid-request"
+
+
+def test_session_eof_between_requests_and_mid_request() -> None:
+    session = HttpServerSession(lambda req: Answer(204))
+    assert session.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 204 ")
+    assert session.receive(b"") == b""
+    assert (session.closed, session.outcome) == (True, "peer closed")
+    session = HttpServerSession(lambda req: Answer(204))
+    assert session.receive(b"GET / HT") == b""
+    assert session.receive(b"") == b""
+    assert (session.closed, session.outcome) == (True, "peer closed mid-request")

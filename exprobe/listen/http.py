@@ -111,6 +111,9 @@ class HttpServerSession:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
+                if not data:  # EOF in the middle of a request: nobody left to answer
+                    self._close("peer closed mid-request")
+                    break
                 status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
                 why = "header block too large" if status == 431 else "not HTTP"
                 self.actions.append(f"{why} → {status}")
