@@ -87,11 +87,13 @@ class ThreadedListener:
         plan_kw: dict[str, Any] | None = None,
         name: str = NAME,
         addresses: list[str] | None = None,
+        offsets: list[int] | None = None,
         **opts: Any,
     ) -> None:
         self.records: list[ConnRecord] = []
         self.name = name
         self.addresses = addresses or [HOST]
+        self._offsets = offsets
         self._defs = defs
         self._plan_kw = plan_kw or {}
         self._opts = opts
@@ -130,8 +132,9 @@ class ThreadedListener:
         from exprobe.listen.tlscert import make_certificate, server_context
 
         tls = server_context(make_certificate(self.name, self.addresses))
-        offsets = list(OFFSETS)
-        random.shuffle(offsets)
+        offsets = list(self._offsets or OFFSETS)
+        if self._offsets is None:
+            random.shuffle(offsets)
         for offset in offsets:
             plan = build_plan(self._defs, port_offset=offset, **self._plan_kw)
             server = build_server(

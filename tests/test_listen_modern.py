@@ -753,6 +753,35 @@ def test_exprobe_run_exchange2019_client_vantage_against_listen() -> None:
         t.close()
 
 
+LOW_OFFSETS = [1000, 1040, 1080, 1120, 1160, 1200]  # every port above 1024 and below 65536
+
+
+@pytest.mark.parametrize(
+    ("vantage", "verdicts"),
+    [
+        ("admin", {"remote-shell": "pass"}),
+        ("dmz", {"edge-to-mailbox": "pass"}),
+        ("mbx", {"edge-subscription": "skipped", "intra-org-transport": "pass",
+                 "backend-proxy": "pass", "dag": "skipped", "directory": "skipped"}),
+    ],
+)  # fmt: skip
+def test_exprobe_run_exchange2019_other_vantages(vantage: str, verdicts: dict[str, str]) -> None:
+    """From an admin host, the DMZ and another Mailbox server: every check the listener
+    stands in for succeeds (DAG replication on 64327 + offset included); the scenarios
+    that need the DC, the witness or the Edge are skipped (no host bound to the role)."""
+    defs, kw = ex2019()
+    t = ThreadedListener(defs, plan_kw=kw, name=NAME, offsets=LOW_OFFSETS)
+    try:
+        report = run_json("-p", "exchange2019", "--port-offset", str(t.offset), "--vantage",
+                          vantage)  # fmt: skip
+        (target,) = report["targets"]
+        assert {v["id"]: v["verdict"] for v in target["scenarios"]} == verdicts
+        assert [r["id"] for r in target["results"] if r["status"] != "success"] == []
+        no_responder_errors(t)
+    finally:
+        t.close()
+
+
 def test_exchange2019_endpoint_mapper_hands_out_the_cluster_interface() -> None:
     """The mbx-epm check maps the failover cluster's interface itself (component other):
     impacket's ept_map finds it on 1610 + offset, and a bind there is accepted."""
