@@ -103,13 +103,19 @@ class ExchangeSite:
 
     @classmethod
     def for_host(
-        cls, host: str, build: str, *, domain: str | None = None, **kw: object
+        cls,
+        host: str,
+        build: str,
+        *,
+        domain: str | None = None,
+        server: str = IIS,
+        refused: tuple[str, ...] = (),
     ) -> ExchangeSite:
         """The site of host name `host` (`ex1.corp.example`: NetBIOS EX1, domain
         corp.example); `domain` overrides the part after the first dot."""
         if domain is None:
             domain = host.split(".", 1)[1] if "." in host else ""
-        return cls(host, domain, build, **kw)  # type: ignore[arg-type]
+        return cls(host, domain, build, server=server, refused=refused)
 
     # -- pieces -------------------------------------------------------------------------
 
