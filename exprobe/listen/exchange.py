@@ -13,7 +13,7 @@ for Exchange 2013 and later) and the scripted Exchange backends of the lab tests
   this server (NetBIOS and DNS names, `exprobe.wire.ntlm.encode_challenge`);
 - `RPC_IN_DATA`/`RPC_OUT_DATA` on `/rpc/` → 401 (elsewhere 405);
 - `/Microsoft-Server-ActiveSync` → 401 `Basic`;
-- `/<vdir>/healthcheck.htm` → `200 OK<br/>FQDN`;
+- `/<vdir>/healthcheck.htm` → `200 OK<br/>FQDN` (503 for a vdir taken offline);
 - every answer carries `X-FEServer` (NetBIOS name) and `X-OWA-Version` (the build).
 
 Port 80 (`answer_plain`): `/PowerShell/` → 401 `Negotiate`, `Kerberos` (remote shell, no
@@ -78,8 +78,10 @@ class ExchangeSite:
 
     `name` is the computer name (`EX1`, or a host name whose first label is used),
     `domain` its DNS domain ("" for none), `build` its `X-OWA-Version`, `skew_s` an offset
-    to the clock its NTLM challenge reports, `server` the `Server` header, `refused` path
-    prefixes (lower case, e.g. `/mapi/`) a reverse proxy refuses with 403.
+    to the clock its NTLM challenge reports, `offline` the vdirs whose `healthcheck.htm`
+    answers 503 (Managed Availability took the protocol offline), `server` the `Server`
+    header, `refused` path prefixes (lower case, e.g. `/mapi/`) a reverse proxy refuses
+    with 403.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ExchangeSite:
         domain: str,
         build: str,
         skew_s: float = 0.0,
+        offline: tuple[str, ...] = (),
         *,
         server: str = IIS,
         refused: tuple[str, ...] = (),
@@ -100,6 +103,7 @@ class ExchangeSite:
         self.skew_s = skew_s
         self.server = server
         self.refused = tuple(p.lower() for p in refused)
+        self.offline = tuple(o.lower() for o in offline)
 
     @classmethod
     def for_host(
@@ -159,6 +163,9 @@ class ExchangeSite:
             return self._refusal()
         hdrs = self.headers()
         if path.endswith("/healthcheck.htm"):
+            if path.split("/")[1] in self.offline:  # Managed Availability took it offline
+                body = b"<html>Service Unavailable</html>"
+                return Answer(503, (*hdrs, ("Content-Type", "text/html")), body, "offline")
             body = f"200 OK<br/>{self.fqdn}".encode()
             return Answer(200, (*hdrs, ("Content-Type", "text/html")), body, "health page")
         if path.startswith("/owa/auth/logon.aspx"):

@@ -3,10 +3,11 @@
 The answers are `exprobe.listen.exchange.ExchangeSite`'s (the ones `exprobe listen`
 gives on 443), framed by `exprobe.listen.http.HttpServerSession`: this file only runs
 them on a plain TCP port (nginx in the lab terminates TLS in front of it).  Keep-alive
-as IIS does.
+as IIS does.  `--offline owa,ews`: those vdirs' `healthcheck.htm` answers 503, as when
+Managed Availability takes a protocol offline.
 
 Command line:  python -m tests.peers.exchange_http --listen 10.252.0.2 --port 8081 \\
-                   --name EX1 --domain corp.example [--build 15.2.1544.4]
+                   --name EX1 --domain corp.example [--build 15.2.1544.4] [--offline owa]
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ async def serve_conn(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    ex = Exchange(args.name, args.domain, args.build, args.skew)
+    offline = tuple(o for o in args.offline.split(",") if o)
+    ex = Exchange(args.name, args.domain, args.build, args.skew, offline)
     server = await asyncio.start_server(
         lambda r, w: serve_conn(ex, r, w), args.listen, args.port, reuse_address=True
     )
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--domain", default="corp.example")
     ap.add_argument("--build", default="15.2.1544.4")
     ap.add_argument("--skew", type=float, default=0.0)
+    ap.add_argument("--offline", default="", help="vdirs whose healthcheck.htm answers 503")
     asyncio.run(main_async(ap.parse_args()))
 
 
