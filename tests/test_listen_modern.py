@@ -675,7 +675,7 @@ def test_plan_of_exchange2019() -> None:
         (80, "http"): ("powershell",),
         (135, "msrpc-epm"): ("mbx-epm",),
         (443, "https"): ("owa", "mapi", "nspi", "rpc", "ews", "eas", "oab", "autodiscover-vdir",
-                         "tls-443"),
+                         "tls-443", "lb-pool"),
         (444, "tls"): ("backend-444",),
         (465, "smtp"): ("client-proxy", "intra-465"),
         (475, "smtp"): ("intra-475",),
@@ -712,7 +712,7 @@ EX2019_CLIENT = {
     "autodiscover-vdir": ("success", None), "eas": ("success", None),
     "ews": ("success", None), "mapi": ("success", None), "nspi": ("success", None),
     "oab": ("success", None), "owa": ("success", None), "rpc": ("success", None),
-    "tls-443": ("success", None),
+    "tls-443": ("success", None), "lb-pool": ("success", None),
     "tls-443/tls1.0": ("connection-closed", "tls-handshake"),  # TLS 1.2 and later only
     "tls-443/tls1.1": ("connection-closed", "tls-handshake"),
     "tls-443/tls1.2": ("success", None), "tls-443/tls1.3": ("success", None),
@@ -728,11 +728,20 @@ def test_exprobe_run_exchange2019_client_vantage_against_listen() -> None:
     defs, kw = ex2019()
     t = ThreadedListener(defs, plan_kw=kw, name=NAME)
     try:
+        # The pool's member asked directly: this listener (its FQDN resolves nowhere here).
+        member = f"lb-pool.members={HOST}:{t.port(443)}"
         report = run_json("-p", "exchange2019", "--port-offset", str(t.offset), "--vantage",
-                          "client", code=1)  # fmt: skip
+                          "client", "--set", member, code=1)  # fmt: skip
         (target,) = report["targets"]
         results = {r["id"]: r for r in target["results"]}
+        pool = {k: r["status"] for k, r in results.items() if k.startswith("lb-pool/")}
+        assert (len(pool), set(pool.values())) == (65, {"success"})  # 8 rounds x 8 vdirs + 1
+        results = {k: r for k, r in results.items() if k not in pool}
         assert {k: (r["status"], r["failed_step"]) for k, r in results.items()} == EX2019_CLIENT
+        # The same certificate asked directly as through the VIP: no SSL offloading said.
+        assert results["lb-pool"]["warnings"] == [
+            "TLS: certificate chain not trusted (issuer unknown)"
+        ]
         for vdir in ("owa", "mapi", "nspi", "rpc", "ews", "eas", "oab", "autodiscover-vdir"):
             facts = results[vdir]["facts"]
             assert facts["exchange_build"]["version"] == "Exchange Server 2019 CU15", vdir
@@ -746,7 +755,7 @@ def test_exprobe_run_exchange2019_client_vantage_against_listen() -> None:
             "autodiscover": "fail", "owa": "pass", "outlook-mapihttp": "pass",
             "outlook-anywhere": "pass", "ews": "pass", "activesync": "pass", "oab": "pass",
             "smtp-submission": "pass", "pop3": "not-enabled", "imap4": "not-enabled",
-            "tls-policy": "pass",
+            "tls-policy": "pass", "lb-pool": "pass",
         }  # fmt: skip
         no_responder_errors(t)
     finally:
@@ -821,21 +830,25 @@ def test_demo_exchange2019() -> None:
     validate_report(report)
     demo = report["demo"]
     assert (demo["expected_failures"], demo["as_designed"], demo["left_out"]) == (
-        ["outlook-mapihttp"], True, ["autodiscover"]
+        ["outlook-mapihttp", "lb-pool"], True, ["autodiscover"]
     )  # fmt: skip
     (target,) = report["targets"]
     verdicts = {v["id"]: v["verdict"] for v in target["scenarios"]}
     assert verdicts == {
         "owa": "pass", "outlook-mapihttp": "fail", "outlook-anywhere": "pass", "ews": "pass",
         "activesync": "pass", "oab": "pass", "smtp-submission": "pass", "pop3": "not-enabled",
-        "imap4": "not-enabled", "tls-policy": "pass",
+        "imap4": "not-enabled", "tls-policy": "pass", "lb-pool": "fail",
     }  # fmt: skip
-    bad = sorted((r["id"], r["status"]) for r in target["results"] if r["status"] != "success")
+    bad = sorted((r["id"], r["status"]) for r in target["results"]
+                 if r["status"] != "success" and not r["id"].startswith("lb-pool/"))  # fmt: skip
     assert bad == [
-        ("imap", "connection-refused"), ("imaps", "connection-refused"), ("mapi", "intercepted"),
-        ("nspi", "intercepted"), ("pop3", "connection-refused"), ("pop3s", "connection-refused"),
+        ("imap", "connection-refused"), ("imaps", "connection-refused"),
+        ("lb-pool", "application-error"), ("mapi", "intercepted"), ("nspi", "intercepted"),
+        ("pop3", "connection-refused"), ("pop3s", "connection-refused"),
         ("tls-443/tls1.0", "connection-closed"), ("tls-443/tls1.1", "connection-closed"),
     ]  # fmt: skip
+    pool = next(r for r in target["results"] if r["id"] == "lb-pool")
+    assert pool["message"].startswith("mapi: EX1 (ex1.exprobe-demo.invalid) answers HTTP 403")
     assert "Left out: Autodiscover (decided by DNS lookups of the mail domain" in " ".join(
         table.splitlines()[:4]
     )
@@ -849,8 +862,9 @@ def test_demo_other_modern_profiles_go_as_designed(profile: str) -> None:
     assert proc.returncode == 0, proc.stderr
     report = validate_report(json.loads(proc.stdout))
     verdicts = {v["id"]: v["verdict"] for v in report["targets"][0]["scenarios"]}
+    pool = {"lb-pool": "fail"} if "lb-pool" in verdicts else {}  # /mapi/ through the VIP
     assert {k: v for k, v in verdicts.items() if v != "pass"} == {
-        "outlook-mapihttp": "fail", "pop3": "not-enabled", "imap4": "not-enabled",
+        "outlook-mapihttp": "fail", "pop3": "not-enabled", "imap4": "not-enabled", **pool,
     }  # fmt: skip
     build = next(r["facts"]["exchange_build"] for r in report["targets"][0]["results"]
                  if r["id"] == "owa")  # fmt: skip

@@ -92,13 +92,35 @@ def _fails_without(scenario: Any, broken: set[str]) -> bool:
     return any(group and all(r.check in broken for r in group) for group in scenario.any)
 
 
+def _through_mapi(d: Any) -> bool:
+    """A check that asks /mapi/: an exchange-http check of a MAPI vdir, or a pool check
+    (`lb-pool`) whose vdirs include one."""
+    if d.probe == "exchange-http":
+        return getattr(d.params, "vdir", None) in MODERN_VDIRS
+    return d.probe == "lb-pool" and bool(set(getattr(d.params, "vdirs", ())) & set(MODERN_VDIRS))
+
+
+def with_members(defs: list[Any], offset: int) -> list[Any]:
+    """The pool checks (`lb-pool`) with the listener as their one member, asked directly
+    (on loopback its FQDN resolves nowhere)."""
+    import dataclasses
+
+    member = (f"{DEMO_ADDRESS}:{443 + offset}",)
+    return [
+        dataclasses.replace(d, params=dataclasses.replace(d.params, members=member))
+        if d.probe == "lb-pool" and not getattr(d.params, "members", ())
+        else d
+        for d in defs
+    ]
+
+
 def _modern_setup(defs: list[Any], scenarios: list[Any], offset: int) -> DemoSetup:
     """The modern demo's breakage: a reverse proxy refusing /mapi/ on the HTTPS port."""
-    broken = {
-        d.id for d in defs
-        if d.probe == "exchange-http" and getattr(d.params, "vdir", None) in MODERN_VDIRS
-    }  # fmt: skip
-    https = sorted({d.port + offset for d in defs if d.id in broken and d.port is not None})
+    broken = {d.id for d in defs if _through_mapi(d)}
+    https = sorted({
+        d.port + offset for d in defs
+        if d.probe == "exchange-http" and d.id in broken and d.port is not None
+    })  # fmt: skip
     fails = [s.id for s in scenarios if _fails_without(s, broken)]
     titles = ", ".join(s.title for s in scenarios if s.id in fails) or "(none)"
     where = ", ".join(map(str, https)) or "the HTTPS port"
@@ -264,7 +286,7 @@ def demo(
                     ca.flush()
                     session = Session(
                         [parse_target(DEMO_ADDRESS)],
-                        defs,
+                        with_members(defs, offset) if modern else defs,
                         RunOptions(
                             port_offset=offset,
                             connect_timeout=2.0,
