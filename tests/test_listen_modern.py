@@ -700,6 +700,11 @@ def test_plan_of_exchange2019() -> None:
         "the endpoint mapper registers the interfaces the checks map themselves on 1610 "
         "(+1000) (a dynamic port on Windows)"
     )
+    assert (
+        "check lb-pool (lb-pool) finds members by the FQDN the health pages name, which "
+        "resolves nowhere before the server exists: add `--set lb-pool.members=ADDRESS:1443` "
+        "to `exprobe run` to compare this listener directly"
+    ) in plan.notes
     # An offset that pushes 64327 past 65535: said, and the rest still rehearsed.
     plan = build_plan(defs, port_offset=20000, **kw)
     assert 84327 not in plan.ports()

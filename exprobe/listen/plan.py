@@ -281,6 +281,12 @@ def build_plan(
             )
             continue
         claim(port, probe, implicit, d.id)
+        if d.probe == "lb-pool":
+            plan.notes.append(
+                f"check {d.id} (lb-pool) finds members by the FQDN the health pages name, "
+                f"which resolves nowhere before the server exists: add `--set {d.id}.members="
+                f"ADDRESS:{port}` to `exprobe run` to compare this listener directly"
+            )
 
     if epm_checks:
         static, named = _static_ports(defs)
