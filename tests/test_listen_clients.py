@@ -79,9 +79,23 @@ ADHOC = [
 class ThreadedListener:
     """A `ListenServer` on its own event loop in a thread, at the first free offset."""
 
-    def __init__(self, defs: list[CheckDef], *, loop: str = "asyncio", **opts: Any) -> None:
+    def __init__(
+        self,
+        defs: list[CheckDef],
+        *,
+        loop: str = "asyncio",
+        plan_kw: dict[str, Any] | None = None,
+        name: str = NAME,
+        addresses: list[str] | None = None,
+        offsets: list[int] | None = None,
+        **opts: Any,
+    ) -> None:
         self.records: list[ConnRecord] = []
+        self.name = name
+        self.addresses = addresses or [HOST]
+        self._offsets = offsets
         self._defs = defs
+        self._plan_kw = plan_kw or {}
         self._opts = opts
         if loop == "uvloop":  # what `exprobe listen` runs on when uvloop is installed
             import uvloop
@@ -117,15 +131,16 @@ class ThreadedListener:
     async def _start(self) -> None:
         from exprobe.listen.tlscert import make_certificate, server_context
 
-        tls = server_context(make_certificate(NAME, [HOST]))
-        offsets = list(OFFSETS)
-        random.shuffle(offsets)
+        tls = server_context(make_certificate(self.name, self.addresses))
+        offsets = list(self._offsets or OFFSETS)
+        if self._offsets is None:
+            random.shuffle(offsets)
         for offset in offsets:
-            plan = build_plan(self._defs, port_offset=offset)
+            plan = build_plan(self._defs, port_offset=offset, **self._plan_kw)
             server = build_server(
                 plan,
-                [HOST],
-                ServiceOptions(NAME, **self._opts),
+                self.addresses,
+                ServiceOptions(self.name, **self._opts),
                 self.records.append,
                 tls_context=tls,
             )

@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -19,6 +20,7 @@ from rich.text import Text
 
 from exprobe import __version__
 from exprobe.cli import app, make_console, run_async
+from exprobe.commands.run import SetOpt
 from exprobe.errors import InputError
 from exprobe.report.safe import printable
 
@@ -26,27 +28,74 @@ _NAME_RE = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A
 GOOD_OUTCOMES = ("said goodbye", "answered", "peer closed")
 
 
+@dataclass(slots=True)
+class ListenDefs:
+    """The checks to serve, the profile's report object, the role this host plays (None:
+    the profile binds no check to a role) and the checks left out, with why."""
+
+    defs: list[Any]
+    info: dict[str, Any] | None = None
+    primary_role: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
 def listener_defs(
-    profile: str | None, scenario: list[str], port: list[int], check: list[str]
-) -> tuple[list[Any], dict[str, Any] | None]:
-    """The checks to serve: a profile's (its selected scenarios'), or ad hoc ones."""
+    profile: str | None,
+    scenario: list[str],
+    port: list[int],
+    check: list[str],
+    sets: list[str] | None = None,
+) -> ListenDefs:
+    """The checks to serve: a profile's (its selected scenarios'), or ad hoc ones.
+
+    A check of a service the product ships switched off (`enabled = false`: POP3 and IMAP4
+    on Exchange 2013 and later) is left out, as the real server leaves it closed, unless
+    `--set CHECK.enabled=true` says it will be on."""
     from exprobe.commands.common import adhoc_defs
 
     if profile and (port or check):
         raise InputError("-p/--profile and --port/--check exclude each other")
-    if scenario and not profile:
-        raise InputError("--scenario needs -p/--profile")
+    if (scenario or sets) and not profile:
+        raise InputError("--scenario and --set need -p/--profile")
     if profile:
-        from exprobe.profile import load_profile
+        from exprobe.commands.common import profile_plan
 
-        prof = load_profile(profile)
-        defs, _scenarios = prof.select(scenario)
-        info: dict[str, Any] | None = prof.info()
-        return list(defs), info
+        pplan = profile_plan(profile, sets=sets, scenarios=scenario)
+        skipped = {
+            d.id: (
+                f"check {d.id} ({d.probe}): the product ships this service switched off "
+                f"(enabled = false): not opened, as on the real server (--set {d.id}.enabled=true "
+                "here and in `exprobe run` to rehearse it on)"
+            )
+            for d in pplan.defs
+            if d.id in pplan.judging.disabled
+        }
+        return ListenDefs(list(pplan.defs), pplan.info, pplan.primary_role, skipped)
     defs = adhoc_defs(port, check)
     if not defs:
         raise InputError("nothing to listen for: give -p PROFILE, --port N or --check PROBE[:PORT]")
-    return defs, None
+    return ListenDefs(defs)
+
+
+def http_site(build: str | None, domain: str | None, profile: str | None) -> Any:
+    """How the HTTP listeners answer, from `--exchange-build` and `--domain`."""
+    from exprobe.listen.exchange import default_build
+    from exprobe.listen.plan import HttpSite
+    from exprobe.wire.exchange import name_build
+
+    if build is not None and name_build(build) is None:
+        raise InputError(f"--exchange-build {build!r}: not a build number (15.2.1748.10)")
+    if domain is not None and domain and not _NAME_RE.match(domain):
+        raise InputError(f"--domain {domain!r}: not a DNS domain name")
+    return HttpSite(build or default_build(profile), domain)
+
+
+def write_ca(path: str, pem: bytes) -> None:
+    """`--ca-out`: the rehearsal CA's certificate (a few hundred bytes, written once)."""
+    try:
+        Path(path).write_bytes(pem)
+    except OSError as exc:
+        raise InputError(f"--ca-out {path}: cannot write ({exc.strerror})") from None
 
 
 def _local_time(iso: str) -> str:
@@ -265,6 +314,24 @@ def listen(
             show_default=False,
         ),
     ] = None,
+    set_: SetOpt = None,
+    exchange_build: Annotated[
+        str | None,
+        typer.Option(
+            "--exchange-build",
+            help="X-OWA-Version of the HTTP listeners (default: the newest build of the "
+            "profile's Exchange version).",
+            show_default=False,
+        ),
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            "--domain",
+            help="DNS domain the NTLM challenge names (default: --name after its first dot).",
+            show_default=False,
+        ),
+    ] = None,
     no_color: Annotated[
         bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")
     ] = False,
@@ -288,8 +355,15 @@ def listen(
     server_name = name or default_name()
     if not _NAME_RE.match(server_name):
         raise InputError(f"--name {server_name!r}: not a host name (letters, digits, '-', '.')")
-    defs, info = listener_defs(profile, scenario or [], port or [], check or [])
-    plan = build_plan(defs, port_offset=port_offset)
+    chosen = listener_defs(profile, scenario or [], port or [], check or [], set_)
+    info = chosen.info
+    plan = build_plan(
+        chosen.defs,
+        port_offset=port_offset,
+        http_site=http_site(exchange_build, domain, (info or {}).get("name")),
+        primary_role=chosen.primary_role,
+        skipped=chosen.skipped,
+    )
     jlog = JsonLog(log_json) if log_json else None
     out = make_console(no_color)
     err = make_console(no_color, stderr=True)
@@ -302,11 +376,6 @@ def listen(
     from exprobe.listen.tlscert import make_certificate, server_context
 
     material = make_certificate(server_name, addresses)
-    if ca_out:
-        try:
-            Path(ca_out).write_bytes(material.ca_pem)
-        except OSError as exc:
-            raise InputError(f"--ca-out {ca_out}: cannot write ({exc.strerror})") from None
     server = build_server(
         plan,
         addresses,
@@ -334,6 +403,8 @@ def listen(
             raise InputError(bind_error_text(exc, port_offset)) from None
         started["yes"] = True
         try:
+            if ca_out:  # only once the ports are ours: a failed start keeps the old CA file
+                write_ca(ca_out, material.ca_pem)
             _announce(
                 out, server, plan, addresses, info, port_offset, duration, ca_out, scenario or []
             )

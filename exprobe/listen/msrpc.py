@@ -42,7 +42,7 @@ EXCHANGE55_UUIDS: dict[str, tuple[str, ...]] = {
     "mta": ("9e8ee830-4459-11ce-979b-00aa005ffebe",),
     "sa": ("469d6ec0-0d87-11ce-b13f-00aa003bac6c", "83d72bf0-0d89-11ce-b13f-00aa003bac6c"),
 }
-COMPONENT_LABEL = {"ds": "DS", "is": "IS", "mta": "MTA", "sa": "SA"}
+COMPONENT_LABEL = {"ds": "DS", "is": "IS", "mta": "MTA", "sa": "SA", "other": "other"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,22 @@ class Registry:
     registrations: list[Registration] = field(default_factory=list)
 
     @classmethod
-    def exchange55(cls, ports: dict[str, int]) -> Registry:
-        """DS, IS, MTA and SA of an Exchange 5.5 server on `ports` (component → port)."""
+    def exchange55(
+        cls, ports: dict[str, int], other: list[tuple[str, tuple[int, int]]] | None = None
+    ) -> Registry:
+        """DS, IS, MTA and SA of an Exchange 5.5 server on `ports` (component → port), and
+        the `other` interfaces (uuid, version) a check maps itself on `ports["other"]`."""
+        from exprobe.wire.exchange_uuids import known_name
+
         regs = []
         for comp, port in ports.items():
-            wanted = EXCHANGE55_UUIDS.get(comp, ())
-            ifaces = tuple(i for u in wanted for i in EXCHANGE_INTERFACES if i.uuid == u)
+            if comp == "other":
+                ifaces = tuple(
+                    Interface(u, v, known_name(u, v) or u, "other", "?") for u, v in other or ()
+                )
+            else:
+                wanted = EXCHANGE55_UUIDS.get(comp, ())
+                ifaces = tuple(i for u in wanted for i in EXCHANGE_INTERFACES if i.uuid == u)
             regs.append(Registration(comp, port, ifaces))
         return cls(regs)
 
