@@ -742,6 +742,15 @@ def test_exprobe_run_exchange2019_client_vantage_against_listen() -> None:
         pool = {k: r["status"] for k, r in results.items() if k.startswith("lb-pool/")}
         assert (len(pool), set(pool.values())) == (65, {"success"})  # 8 rounds x 8 vdirs + 1
         results = {k: r for k, r in results.items() if k not in pool}
+        # The cipher-suite search on TLS 1.2: one round per suite after the first, all
+        # success, the last one ending the search (how many: the local OpenSSL's defaults).
+        rounds = {k: r for k, r in results.items() if k.startswith("tls-443/tls1.2/c")}
+        found = results["tls-443/tls1.2"]["facts"]["tls_ciphers"]
+        assert len(rounds) == len(found)
+        assert {r["status"] for r in rounds.values()} == {"success"}
+        assert rounds[f"tls-443/tls1.2/c{len(found) + 1}"]["facts"]["tls_cipher_search_done"]
+        assert results["tls-443"]["facts"]["tls_ciphers"] == {"1.2": found}
+        results = {k: r for k, r in results.items() if k not in rounds}
         assert {k: (r["status"], r["failed_step"]) for k, r in results.items()} == EX2019_CLIENT
         # The same certificate asked directly as through the VIP: no SSL offloading said.
         assert results["lb-pool"]["warnings"] == [
