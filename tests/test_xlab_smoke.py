@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import validate_report
-from tests.lab.xlab import ADDR, DOMAIN, RULESETS, XLab
+from tests.lab.xlab import ADDR, DOMAIN, LINKS, RULESETS, XLab, v4, v6
 
 pytestmark = pytest.mark.lab
 
@@ -268,3 +268,32 @@ def test_exo_requires_starttls_before_mail(xlab: XLab, family: int) -> None:
     # What the EHLO does not show: EXO's postfix refuses mail before STARTTLS.
     proc = xlab.run("cli", [sys.executable, "-c", EXO_MAIL, ADDR["exo"][family]])
     assert proc.stdout.strip() == "530 b'5.7.0 Must issue a STARTTLS command first'", proc.stderr
+
+
+# Hop location: r1 is hop 1 from every node; a drop there is "after hop 1", the router's
+# address on the vantage's own link.
+ROUTER_ON = {node: {4: v4(LINKS[node], 1), 6: v6(LINKS[node], 1)} for node in LINKS}
+DROPS = {"3268-dropped": ("cli", "dc", "ldap-gc", 3268), "2525-dropped": ("mbx2", "mbx1", "smtp", 2525)}
+
+
+@pytest.mark.parametrize("rules", list(DROPS))
+def test_drop_located_after_the_router(xlab: XLab, rules: str) -> None:
+    vantage, server, probe, port = DROPS[rules]
+    xlab.apply_rules(rules)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            procs = list(pool.map(lambda f: xlab.run(vantage, [
+                sys.executable, "-m", "exprobe", "check", ADDR[server][f], probe, "--port",
+                str(port), "--trace", "--format", "json", "--connect-timeout", "1",
+            ]), FAMILIES))  # fmt: skip
+    finally:
+        xlab.apply_rules("open")
+    for family, proc in zip(FAMILIES, procs, strict=True):
+        (result,) = json.loads(proc.stdout)["targets"][0]["results"]
+        hop = ROUTER_ON[vantage][family]
+        assert result["status"] == "connection-timeout"
+        assert result["trace"]["hops"][0] == {"ttl": 1, "reply": "hop", "address": hop,
+                                              "rtt_ms": result["trace"]["hops"][0]["rtt_ms"]}  # fmt: skip
+        brk = result["trace"]["break"]
+        assert (brk["kind"], brk["hop"], brk["address"]) == ("drop", 1, hop)
+        assert brk["summary"] == f"dropped after hop 1 ({hop}), the last hop that answers"
