@@ -247,11 +247,12 @@ def _diff_target(b: dict[str, Any], a: dict[str, Any]) -> list[Change]:
         bv, av = b_verdicts[key], a_verdicts[key]
         if bv["verdict"] == av["verdict"]:
             continue
-        regress = bv["verdict"] == "pass"
+        regress = bv["verdict"] == "pass" and av["verdict"] in ("fail", "unknown")
+        direction = "regression" if regress else "fix" if av["verdict"] == "pass" else "changed"
         out.append(
             Change(
                 "scenario",
-                "regression" if regress else "fix",
+                direction,
                 name,
                 key[0],
                 key[1],

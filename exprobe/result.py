@@ -80,6 +80,12 @@ class CheckResult:
         return d
 
 
+VERDICTS = ("pass", "fail", "unknown", "not-enabled", "skipped")
+"""pass and fail; unknown: a service shipped switched off that is filtered (it may be on);
+not-enabled: such a service refused (nothing listens); skipped: a host the scenario needs
+(a domain controller, a witness) was not given."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScenarioVerdict:
     """Whether one scenario works from here to one address, and why."""
@@ -88,7 +94,7 @@ class ScenarioVerdict:
     title: str
     target: str
     address: str | None
-    verdict: str  # "pass" | "fail"
+    verdict: str  # one of VERDICTS
     reason: str
     checks: tuple[str, ...] = ()
     via: str | None = None
@@ -98,6 +104,11 @@ class ScenarioVerdict:
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
+
+    @property
+    def failed(self) -> bool:
+        """A failure to act on (exit 1): not a skip, a service shipped off, or unknown."""
+        return self.verdict == "fail"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -211,10 +222,8 @@ class RunReport:
         }
         verdicts = self.all_verdicts()
         if verdicts:
-            out["scenarios"] = {
-                "pass": sum(v.passed for v in verdicts),
-                "fail": sum(not v.passed for v in verdicts),
-            }
+            counts = {k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}
+            out["scenarios"] = {k: n for k, n in counts.items() if n or k in ("pass", "fail")}
         if self.expectations is not None:
             out["expectations"] = {
                 "met": sum(1 for e in self.expectations if e.get("met")),

@@ -291,7 +291,7 @@ def test_set_overrides_port_and_params() -> None:
         (
             "x400.rfc1006_port=10102",
             "--set x400.rfc1006_port=10102: check 'x400' (probe rfc1006) has no parameter"
-            " 'rfc1006_port' (known: called_tsap, calling_tsap, port, tls, tls_version, tls_versions, tpdu_size)",
+            " 'rfc1006_port' (known: called_tsap, calling_tsap, enabled, port, tls, tls_version, tls_versions, tpdu_size)",
         ),
         ("x400.port=ten", "--set x400.port=ten: port: expected an integer in 1-65535, got 'ten'"),
         ("x400.port=0", "--set x400.port=0: port: 0 is not in 1-65535"),

@@ -52,7 +52,7 @@ def test_metrics_values_and_labels() -> None:
         "exprobe_check_success", "exprobe_check_duration_seconds", "exprobe_check_status",
         "exprobe_check_port_state", "exprobe_check_warnings",
         "exprobe_cert_expiry_timestamp_seconds", "exprobe_scenario_pass",
-        "exprobe_expectation_met", "exprobe_run_duration_seconds",
+        "exprobe_scenario_verdict", "exprobe_expectation_met", "exprobe_run_duration_seconds",
         "exprobe_run_timestamp_seconds", "exprobe_run_interrupted",
     }
     for name in ("exprobe_check_success", "exprobe_check_duration_seconds",
@@ -81,6 +81,9 @@ def test_metrics_values_and_labels() -> None:
     assert cert.labels["port"] == "993"
     assert {x.labels["scenario"]: x.value for x in s["exprobe_scenario_pass"]} == {
         "imap-retrieve": 1.0, "mapi-client": 0.0}
+    assert {(x.labels["scenario"], x.labels["verdict"]): x.value
+            for x in s["exprobe_scenario_verdict"]} == {
+        ("imap-retrieve", "pass"): 1.0, ("mapi-client", "fail"): 1.0}
     (exp,) = s["exprobe_expectation_met"]
     assert exp.value == 0.0
     assert exp.labels["item"] == "135"

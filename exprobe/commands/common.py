@@ -186,3 +186,63 @@ class EngineArgs:
             port_offset=self.port_offset,
         )
         return opts, Limits(concurrency=concurrency, per_host=self.per_host, rate=self.rate)
+
+
+@dataclass(slots=True)
+class ProfilePlan:
+    """A profile made ready for one run: its checks and scenarios (`--scenario`,
+    `--vantage`), how to judge them, and the targets bound to its roles."""
+
+    defs: list[CheckDef]
+    scenarios: list[Any]
+    judging: Any  # exprobe.profile.model.Judging
+    info: dict[str, Any]
+    primary_role: str | None  # None: the profile binds no check to a role
+
+
+def profile_plan(
+    ref: str,
+    *,
+    sets: list[str] | None = None,
+    scenarios: list[str] | None = None,
+    vantage: str | None = None,
+) -> ProfilePlan:
+    """Load `-p REF`, apply `--set`, select `--scenario`/`--vantage` (exit 2 on any error)."""
+    from exprobe.profile import load_profile
+
+    prof = load_profile(ref).with_overrides(sets or [])
+    defs, chosen = prof.select(scenarios or [], vantage)
+    info = prof.info()
+    if vantage:
+        info["vantage"] = vantage
+    return ProfilePlan(
+        defs, chosen, prof.judging(vantage), info, prof.primary_role if prof.roles else None
+    )
+
+
+def bind_roles(
+    plan: ProfilePlan, targets: list[Target], roles: list[str] | None
+) -> list[Target]:
+    """The targets plus one per `--role NAME=HOST`, each labelled `role=NAME`; every role
+    named (also by a target file's `role=` label) must be one the profile knows."""
+    known = [plan.judging.primary_role, *plan.judging.roles]
+    out = list(targets)
+    for text in roles or []:
+        name, eq, host = text.partition("=")
+        name, host = name.strip(), host.strip()
+        if not eq or not name or not host:
+            raise InputError(f"--role {text!r}: expected NAME=HOST, e.g. dc=dc1.corp.example")
+        if plan.primary_role is None:
+            raise InputError(f"--role {text!r}: profile {plan.info['name']!r} binds no checks to roles")
+        t = parse_target(host, where=f"--role {text}", labels=(("role", name),))
+        out.append(t)
+    if plan.primary_role is None:
+        return out
+    for t in out:
+        role = dict(t.labels).get("role")
+        if role is not None and role not in known:
+            raise InputError(
+                f"target {t.text}: role {role!r} is not a role of profile {plan.info['name']!r}"
+                f" (known: {', '.join(known)})"
+            )
+    return out

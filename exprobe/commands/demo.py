@@ -178,7 +178,7 @@ def demo(
     report, setup, server = run_async(main())
     evaluate(report, scenarios)
     verdicts = report.all_verdicts()
-    failed = sorted(v.id for v in verdicts if not v.passed)
+    failed = sorted(v.id for v in verdicts if v.failed)
     as_designed = failed == sorted(setup.expect_fail) and bool(failed)
     report.extra["demo"] = {
         "address": DEMO_ADDRESS,

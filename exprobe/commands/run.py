@@ -23,9 +23,12 @@ from exprobe.cli import (
 )
 from exprobe.commands.common import (
     EngineArgs,
+    ProfilePlan,
     adhoc_defs,
+    bind_roles,
     gather_targets,
     make_resolver,
+    profile_plan,
     trace_options,
     with_tls_versions,
 )
@@ -79,6 +82,24 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set", help="Override a profile check parameter: CHECK.PARAM=VALUE.", show_default=False
+    ),
+]
+VantageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vantage",
+        help="Where you stand (the profile's names: client, internet, mbx, ...): only the"
+        " scenarios that apply from there.",
+        show_default=False,
+    ),
+]
+RoleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--role",
+        help="Bind a role the profile's scenarios need to a host: NAME=HOST, e.g."
+        " dc=dc1.corp.example (repeatable).",
+        show_default=False,
     ),
 ]
 
@@ -187,6 +208,8 @@ def run(
     profile: ProfileOpt = None,
     scenario: ScenarioOpt = None,
     set_: SetOpt = None,
+    vantage: VantageOpt = None,
+    role: RoleOpt = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, json, jsonl, nagios, prometheus or junit.")
     ] = "table",
@@ -247,17 +270,15 @@ def run(
     family = family_of(ipv4, ipv6)
     if profile and (port or check):
         raise InputError("-p/--profile and --port/--check exclude each other")
-    if (scenario or set_) and not profile:
-        raise InputError("--scenario and --set need -p/--profile")
+    if (scenario or set_ or vantage or role) and not profile:
+        raise InputError("--scenario, --set, --vantage and --role need -p/--profile")
 
     scenarios: list[Any] = []
     profile_info: dict[str, Any] | None = None
+    pplan: ProfilePlan | None = None
     if profile:
-        from exprobe.profile import load_profile
-
-        prof = load_profile(profile).with_overrides(set_ or [])
-        defs, scenarios = prof.select(scenario or [])
-        profile_info = prof.info()
+        pplan = profile_plan(profile, sets=set_, scenarios=scenario, vantage=vantage)
+        defs, scenarios, profile_info = pplan.defs, pplan.scenarios, pplan.info
     else:
         defs = adhoc_defs(port or [], check or [])
     if tls_versions:
@@ -271,6 +292,8 @@ def run(
         # Ports named by expectations get a TCP connect check unless a check covers them.
         defs = expectations.add_port_checks(defs, port_offset)
     target_list = gather_targets(targets or [], targets_file or [], yes=yes)
+    if pplan is not None:
+        target_list = bind_roles(pplan, target_list, role)
     if profile and any(t.port for t in target_list):
         raise InputError(
             "-p/--profile: give targets without a port; the profile's checks name their"
@@ -319,6 +342,7 @@ def run(
         ),
         trace=tracing,
         resolver=make_resolver(dns_server),
+        primary_role=pplan.primary_role if pplan is not None else None,
     )
     session.report.profile = profile_info
     report, signum = execute(session, fmt=fmt, output=output, verbose=verbose, no_color=no_color)
@@ -328,7 +352,7 @@ def run(
     if scenarios:
         from exprobe.engine.evaluate import evaluate
 
-        evaluate(report, scenarios)
+        evaluate(report, scenarios, pplan.judging if pplan is not None else None)
     failed_expectations = False
     if expectations is not None:
         failed_expectations = not expectations.apply(report)

@@ -64,7 +64,7 @@ MAX_CONNECTIONS = 256
 MAX_QUERY_FIELDS = 32
 MAX_BUDGET = 300.0
 MIN_BUDGET = 0.2
-PROBE_PARAMS = {"target", "profile", "scenario", "check", "port"}
+PROBE_PARAMS = {"target", "profile", "scenario", "check", "port", "vantage"}
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -277,7 +277,7 @@ class Exporter:
                 raise BadRequest(
                     f"unknown parameter {key!r} (known: {', '.join(sorted(PROBE_PARAMS))})"
                 )
-        for key in ("target", "profile"):
+        for key in ("target", "profile", "vantage"):
             if len(params.get(key, [])) > 1:
                 raise BadRequest(f"{key} given {len(params[key])} times")
         target_text = (params.get("target") or [""])[0]
@@ -292,13 +292,20 @@ class Exporter:
         )
         if profile and (checks or ports):
             raise BadRequest("profile and check/port exclude each other")
-        if scenario_ids and not profile:
-            raise BadRequest("scenario needs profile")
+        vantage = (params.get("vantage") or [""])[0] or None
+        if (scenario_ids or vantage) and not profile:
+            raise BadRequest("scenario and vantage need profile")
         scenarios: list[Any] = []
+        judging: Any = None
+        primary_role: str | None = None
         if profile:
             prof = self.load_profile(profile)
-            defs, scenarios = prof.select(scenario_ids)
+            defs, scenarios = prof.select(scenario_ids, vantage)
             info = prof.info()
+            # The one target plays the primary role; scenarios that need another role's
+            # host (a domain controller) come back skipped.
+            judging = prof.judging(vantage)
+            primary_role = prof.primary_role if prof.roles else None
         else:
             port_numbers = []
             for p in ports:
@@ -320,7 +327,7 @@ class Exporter:
             source=self.base.source,
             tls=self.base.tls,
         )
-        return ProbeJob(target, defs, scenarios, opts, budget, info)
+        return ProbeJob(target, defs, scenarios, opts, budget, info, judging, primary_role)
 
     def budget(self, headers: dict[str, str]) -> float:
         """Seconds this probe may take: the scrape timeout minus the offset."""
@@ -366,7 +373,14 @@ class Exporter:
     async def run(self, job: ProbeJob) -> RunReport:
         """Run the job's checks within its budget; a late probe is cut off and reported
         as interrupted (so `exprobe_probe_success` is 0)."""
-        session = Session([job.target], job.defs, job.opts, self.limits, self.family)
+        session = Session(
+            [job.target],
+            job.defs,
+            job.opts,
+            self.limits,
+            self.family,
+            primary_role=job.primary_role,
+        )
         session.report.profile = job.profile_info
         task = asyncio.create_task(session.run())
         done, _ = await asyncio.wait({task}, timeout=job.budget)
@@ -381,7 +395,7 @@ class Exporter:
         if job.scenarios:
             from exprobe.engine.evaluate import evaluate
 
-            evaluate(report, job.scenarios)
+            evaluate(report, job.scenarios, job.judging)
         return report
 
 
@@ -393,6 +407,8 @@ class ProbeJob:
     opts: RunOptions
     budget: float
     profile_info: dict[str, Any] | None
+    judging: Any = None  # exprobe.profile.model.Judging, with a profile
+    primary_role: str | None = None
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:

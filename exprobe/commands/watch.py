@@ -25,7 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 from exprobe.cli import app, family_of, make_console, raise_nofile_limit, run_async
-from exprobe.commands.common import EngineArgs, adhoc_defs, gather_targets, trace_options
+from exprobe.commands.common import (
+    EngineArgs,
+    ProfilePlan,
+    adhoc_defs,
+    bind_roles,
+    gather_targets,
+    profile_plan,
+    trace_options,
+)
 from exprobe.commands.run import (
     CaFileOpt,
     CertWarnDaysOpt,
@@ -43,6 +51,7 @@ from exprobe.commands.run import (
     RateOpt,
     ResolveHopsOpt,
     RetriesOpt,
+    RoleOpt,
     ScenarioOpt,
     SetOpt,
     SourceOpt,
@@ -51,12 +60,14 @@ from exprobe.commands.run import (
     TimeoutOpt,
     TlsVerifyOpt,
     TraceOpt,
+    VantageOpt,
     YesOpt,
 )
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.hops import break_where
 from exprobe.report.safe import printable
+from exprobe.report.table import VERDICT_STYLE
 from exprobe.result import RunReport
 
 Key = tuple[str, str | None, str]  # target, address, scenario or check id
@@ -104,8 +115,9 @@ def observe(report: RunReport) -> dict[Key, Observation]:
     if report.all_verdicts():
         for t in report.targets:
             for v in t.scenarios:
+                # A scenario skipped or shipped switched off is not a failure (as for run).
                 out[(t.target, v.address, v.id)] = Observation(
-                    v.verdict, v.passed, v.title, v.reason
+                    v.verdict, not v.failed, v.title, v.reason
                 )
         return out
     for t in report.targets:
@@ -170,8 +182,8 @@ def _clock(ts: float) -> str:
 
 
 def _value_text(value: str, ok: bool) -> Text:
-    if value in ("pass", "fail"):
-        return Text(value.upper(), style="bold green" if ok else "bold red")
+    if value in VERDICT_STYLE:
+        return Text(value.upper(), style=VERDICT_STYLE[value])
     return Text(value, style="green" if ok else "red")
 
 
@@ -257,6 +269,7 @@ class WatchPlan:
     until_pass: bool
     until_stable: int | None
     max_runs: int | None
+    judging: Any = None  # exprobe.profile.model.Judging, with a profile
 
 
 async def _watch(plan: WatchPlan, console: Console) -> tuple[WatchState, str, int]:
@@ -309,7 +322,7 @@ async def _watch(plan: WatchPlan, console: Console) -> tuple[WatchState, str, in
             if plan.scenarios:
                 from exprobe.engine.evaluate import evaluate
 
-                evaluate(report, plan.scenarios)
+                evaluate(report, plan.scenarios, plan.judging)
             state.last_run_at, state.last_run_s = time.time(), time.monotonic() - t0
             first = state.runs == 0
             flips = state.update(observe(report), time.time())
@@ -350,6 +363,8 @@ def watch(
     profile: ProfileOpt = None,
     scenario: ScenarioOpt = None,
     set_: SetOpt = None,
+    vantage: VantageOpt = None,
+    role: RoleOpt = None,
     interval: Annotated[
         float, typer.Option("--interval", help="Seconds from the start of one run to the next.")
     ] = 10.0,
@@ -401,17 +416,18 @@ def watch(
     family = family_of(ipv4, ipv6)
     if profile and (port or check):
         raise InputError("-p/--profile and --port/--check exclude each other")
-    if (scenario or set_) and not profile:
-        raise InputError("--scenario and --set need -p/--profile")
+    if (scenario or set_ or vantage or role) and not profile:
+        raise InputError("--scenario, --set, --vantage and --role need -p/--profile")
     scenarios: list[Any] = []
+    pplan: ProfilePlan | None = None
     if profile:
-        from exprobe.profile import load_profile
-
-        prof = load_profile(profile).with_overrides(set_ or [])
-        defs, scenarios = prof.select(scenario or [])
+        pplan = profile_plan(profile, sets=set_, scenarios=scenario, vantage=vantage)
+        defs, scenarios = pplan.defs, pplan.scenarios
     else:
         defs = adhoc_defs(port or [], check or [])
     target_list = gather_targets(targets or [], targets_file or [], yes=yes)
+    if pplan is not None:
+        target_list = bind_roles(pplan, target_list, role)
     if not defs and not any(t.port for t in target_list):
         raise InputError("nothing to check: give --port, --check, -p PROFILE, or host:port targets")
     engine = EngineArgs(
@@ -436,8 +452,10 @@ def watch(
             "limits": limits,
             "family": family,
             "trace": trace_options(trace, max_hops, resolve_hops, opts),
+            "primary_role": pplan.primary_role if pplan is not None else None,
         },
         scenarios=scenarios,
+        judging=pplan.judging if pplan is not None else None,
         interval=interval,
         until_pass=until_pass,
         until_stable=until_stable,

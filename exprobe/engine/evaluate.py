@@ -14,36 +14,81 @@ that failure is the breaking hop, not the missing follow-up checks.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from exprobe.profile.model import BLOCKED, COMPONENT_NAMES, Requirement, Scenario
+from exprobe.engine.plan import role_of
+from exprobe.profile.model import BLOCKED, COMPONENT_NAMES, Judging, Requirement, Scenario
 from exprobe.result import CheckResult, RunReport, ScenarioVerdict, TargetReport
 from exprobe.status import PortState, Status
 
 MESSAGE_LIMIT = 80
 
 
-def evaluate(report: RunReport, scenarios: Sequence[Scenario]) -> None:
-    """Fill each target's `scenarios` with one verdict per (scenario, address)."""
+def evaluate(
+    report: RunReport, scenarios: Sequence[Scenario], judging: Judging | None = None
+) -> None:
+    """Fill each target's `scenarios` with one verdict per (scenario, address).
+
+    With a profile that binds checks to roles (`judging.roles`), verdicts go to the
+    targets of the primary role; the checks of another role (a domain controller) are
+    judged from the results of the targets bound to that role, every one of them.
+    """
+    j = judging or Judging()
+    if not j.roles:
+        for t in report.targets:
+            t.scenarios = evaluate_target(t, scenarios, j)
+        return
+    bound: dict[str, list[TargetReport]] = {}
     for t in report.targets:
-        t.scenarios = evaluate_target(t, scenarios)
+        bound.setdefault(role_of(tuple(t.labels.items()), j.primary_role), []).append(t)
+    others: RoleHosts = {
+        role: [host for t in ts for host in _host_results(t)]
+        for role, ts in bound.items()
+        if role != j.primary_role
+    }
+    for t in report.targets:
+        if role_of(tuple(t.labels.items()), j.primary_role) == j.primary_role:
+            t.scenarios = evaluate_target(t, scenarios, j, others)
+        else:
+            t.scenarios = []
 
 
-def evaluate_target(t: TargetReport, scenarios: Sequence[Scenario]) -> list[ScenarioVerdict]:
+RoleHosts = dict[str, list[tuple[str, "_Results | str"]]]
+"""Per role: each bound host's address (or target) and its results, or why it has none."""
+
+
+def _host_results(t: TargetReport) -> list[tuple[str, _Results | str]]:
     if t.error or not t.addresses:
-        return [_unresolved(t, s) for s in scenarios]
+        return [(t.target, f"{t.target} did not resolve ({t.error or 'no address'})")]
+    by_addr: dict[str | None, list[CheckResult]] = {}
+    for r in t.results:
+        by_addr.setdefault(r.address, []).append(r)
+    return [(a, _Results(by_addr.get(a, []))) for a in t.addresses]
+
+
+def evaluate_target(
+    t: TargetReport,
+    scenarios: Sequence[Scenario],
+    judging: Judging | None = None,
+    others: RoleHosts | None = None,
+) -> list[ScenarioVerdict]:
+    if t.error or not t.addresses:
+        return [_unresolved(t, s, judging) for s in scenarios]
     by_addr: dict[str | None, list[CheckResult]] = {}
     for r in t.results:
         by_addr.setdefault(r.address, []).append(r)
     return [
-        evaluate_scenario(s, t.target, addr, by_addr.get(addr, []))
+        evaluate_scenario(
+            s, t.target, addr, by_addr.get(addr, []), judging=judging, others=others
+        )
         for s in scenarios
         for addr in t.addresses
     ]
 
 
-def _unresolved(t: TargetReport, s: Scenario) -> ScenarioVerdict:
+def _unresolved(t: TargetReport, s: Scenario, judging: Judging | None) -> ScenarioVerdict:
     why = t.error or "no address"
     return ScenarioVerdict(
         id=s.id,
@@ -53,7 +98,7 @@ def _unresolved(t: TargetReport, s: Scenario) -> ScenarioVerdict:
         verdict="fail",
         reason=f"{s.title} fails: {t.target} did not resolve ({why})",
         checks=tuple(s.check_ids()),
-        hints=(f"Check that {t.target} resolves {_from(s)}.",),
+        hints=(f"Check that {t.target} resolves {_from(s, judging)}.",),
     )
 
 
@@ -73,6 +118,13 @@ class Atom:
     kind: str | None = None  # failure kind: a status value, "not-registered" or "not-run"
     upstream: CheckResult | None = None  # the failed endpoint-mapper check behind it
     broken: tuple[CheckResult, ...] = ()  # the failed results (for "open port" hints)
+    off: str | None = None  # a service shipped switched off: "not-enabled" or "unknown"
+
+    @property
+    def state(self) -> str:
+        """How this failure counts: "fail", or for a service shipped switched off,
+        "not-enabled" (refused: nothing listens) or "unknown" (filtered: can't tell)."""
+        return self.off or "fail"
 
     @property
     def key(self) -> str:
@@ -237,16 +289,33 @@ class _Results:
 
 
 def evaluate_scenario(
-    s: Scenario, target: str, address: str | None, results: Iterable[CheckResult]
+    s: Scenario,
+    target: str,
+    address: str | None,
+    results: Iterable[CheckResult],
+    *,
+    judging: Judging | None = None,
+    others: RoleHosts | None = None,
 ) -> ScenarioVerdict:
-    """The verdict of scenario `s` from the results of one address."""
-    rs = _Results(results)
-    all_atoms = [rs.atom(r) for r in s.all]
-    groups = [[rs.atom(r) for r in g] for g in s.any]
+    """The verdict of scenario `s` from the results of one address (and, for checks bound
+    to another role, from the results of that role's hosts in `others`)."""
+    j = judging or Judging()
+    site = _Site(_Results(results), others or {}, j)
+    missing = [
+        role
+        for role in dict.fromkeys(j.check_roles[c] for c in s.check_ids() if c in j.check_roles)
+        if not site.others.get(role)
+    ]
+    if missing:
+        return _skipped(s, target, address, missing, j)
+    all_atoms = [site.atom(r) for r in s.all]
+    groups = [[site.atom(r) for r in g] for g in s.any]
+    seen = [site.atom(r) for r in s.observe]
     failed_all = [a for a in all_atoms if not a.ok]
     failed_groups = [g for g in groups if not any(a.ok for a in g)]
-    everything = [*all_atoms, *(a for g in groups for a in g)]
+    everything = [*all_atoms, *(a for g in groups for a in g), *seen]
     warnings = _warnings(everything)
+    also = _observed(seen, j)
 
     if not failed_all and not failed_groups:
         carriers = [next(a for a in g if a.ok) for g in groups]
@@ -259,9 +328,9 @@ def evaluate_scenario(
             reason += (", " if all_atoms else ": ") + ", ".join(singles)
         if vias:
             reason += ("; " if all_atoms or singles else " ") + ", ".join(vias)
-        others = [a.text for g in groups for a in g if not a.ok]
-        if others:
-            reason += "; " + ", ".join(others)
+        others_text = [a.text for g in groups for a in g if not a.ok]
+        if others_text:
+            reason += "; " + ", ".join(others_text)
         via_ids = [str(c.req) for c, g in zip(carriers, groups, strict=True) if len(g) > 1]
         return ScenarioVerdict(
             id=s.id,
@@ -269,8 +338,8 @@ def evaluate_scenario(
             target=target,
             address=address,
             verdict="pass",
-            reason=reason,
-            checks=_unique(c for a in (*all_atoms, *carriers) for c in a.checks),
+            reason=reason + also,
+            checks=_unique(c for a in (*all_atoms, *carriers, *seen) for c in a.checks),
             via=", ".join(via_ids) or None,
             warnings=warnings,
         )
@@ -278,17 +347,125 @@ def evaluate_scenario(
     parts = _failure_parts(failed_all)
     parts += [" and ".join(a.text for a in g) for g in failed_groups]
     breaking = [*failed_all, *(a for g in failed_groups for a in g)]
+    verdict = _failure_verdict(failed_all, failed_groups)
+    if verdict == "fail":
+        reason = f"{s.title} fails: " + "; ".join(parts)
+        hints = _hints(s, address, failed_all, failed_groups, j)
+    else:
+        off = _and([f"{c}.enabled" for c in _unique(a.req.check for a in breaking)])
+        if verdict == "not-enabled":
+            why = "nothing listens, and the profile marks the service off by default"
+        else:
+            why = "cannot tell whether the service is enabled (the profile marks it off by default)"
+        reason = f"{s.title}: {verdict}: " + "; ".join(parts) + f"; {why}"
+        hints = (f"If the service should be on, say so with --set {off}=true.",)
     return ScenarioVerdict(
         id=s.id,
         title=s.title,
         target=target,
         address=address,
-        verdict="fail",
-        reason=f"{s.title} fails: " + "; ".join(parts),
-        checks=_unique(c for a in breaking for c in a.checks),
-        hints=_hints(s, address, failed_all, failed_groups),
+        verdict=verdict,
+        reason=reason + also,
+        checks=_unique(c for a in (*breaking, *seen) for c in a.checks),
+        hints=hints,
         warnings=warnings,
     )
+
+
+def _failure_verdict(failed_all: list[Atom], failed_groups: list[list[Atom]]) -> str:
+    """fail, unless every failure is a service shipped switched off: then not-enabled
+    (every one refused) or unknown (some filtered: it may be on behind a firewall)."""
+    states = [a.state for a in failed_all]
+    for g in failed_groups:
+        mine = {a.state for a in g}
+        states.append("fail" if "fail" in mine else "unknown" if "unknown" in mine else mine.pop())
+    if "fail" in states:
+        return "fail"
+    return "unknown" if "unknown" in states else "not-enabled"
+
+
+def _skipped(
+    s: Scenario, target: str, address: str | None, missing: list[str], j: Judging
+) -> ScenarioVerdict:
+    named = _and([f"{r!r} ({j.roles[r]})" if j.roles.get(r) else repr(r) for r in missing])
+    noun = "role" if len(missing) == 1 else "roles"
+    how = " ".join(f"--role {r}=HOST" for r in missing)
+    return ScenarioVerdict(
+        id=s.id,
+        title=s.title,
+        target=target,
+        address=address,
+        verdict="skipped",
+        reason=f"{s.title} skipped: no host bound to the {noun} {named}",
+        checks=(),
+        hints=(f"Bind one with {how}, or label a target in the targets file role=NAME.",),
+    )
+
+
+def _observed(seen: list[Atom], j: Judging) -> str:
+    """The reason's tail for observed checks: "; also seen: 465 open (its title)"."""
+    if not seen:
+        return ""
+    texts = []
+    for a in seen:
+        title = j.titles.get(a.req.check, "")
+        texts.append(f"{a.text} ({title})" if title else a.text)
+    return "; also seen: " + ", ".join(texts)
+
+
+class _Site:
+    """Where a scenario's requirements are looked up: the address judged, or for a check
+    bound to another role, every host bound to that role (each must hold)."""
+
+    def __init__(self, own: _Results, others: RoleHosts, j: Judging) -> None:
+        self.own = own
+        self.others = others
+        self.j = j
+
+    def atom(self, req: Requirement) -> Atom:
+        role = self.j.check_roles.get(req.check)
+        atom = self.own.atom(req) if role is None else self._role_atom(role, req)
+        if atom.ok or req.check not in self.j.disabled:
+            return atom
+        return dataclasses.replace(atom, off=_off_state(atom))
+
+    def _role_atom(self, role: str, req: Requirement) -> Atom:
+        parts: list[tuple[str, Atom]] = []
+        for where, res in self.others[role]:
+            if isinstance(res, str):
+                dead = Atom(req, False, res, where, (req.check,), (), Status.DNS_ERROR.value)
+                parts.append((where, dead))
+            else:
+                parts.append((where, res.atom(req)))
+        failed = [(w, a) for w, a in parts if not a.ok]
+        shown = failed or parts
+        text = ", ".join(f"{role} {w}: {a.text}" for w, a in shown)
+        first = shown[0][1]
+        return Atom(
+            req,
+            not failed,
+            text,
+            first.short,
+            _unique(c for _, a in parts for c in a.checks),
+            tuple(r for _, a in parts for r in a.looked_at),
+            first.kind if failed else None,
+            upstream=first.upstream if failed else None,
+            broken=tuple(r for _, a in failed for r in a.broken),
+        )
+
+
+def _off_state(a: Atom) -> str | None:
+    """A failed check of a service shipped off: not-enabled when every result refused
+    (nothing listens), unknown when filtered, None (a plain failure) otherwise: a
+    service that answers and fails is on."""
+    if a.kind == "not-run" or not a.broken:
+        return None
+    states = {r.port_state for r in a.broken}
+    if states == {PortState.CLOSED}:
+        return "not-enabled"
+    if states <= {PortState.CLOSED, PortState.FILTERED}:
+        return "unknown"
+    return None
 
 
 def _failure_parts(failed: list[Atom]) -> list[str]:
@@ -338,8 +515,9 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 # -- hints ------------------------------------------------------------------------------
 
 
-def _from(s: Scenario) -> str:
-    return f"from {s.vantage}" if s.vantage else "from here"
+def _from(s: Scenario, j: Judging | None = None) -> str:
+    vantage = (j.vantage if j is not None else "") or s.vantage
+    return f"from {vantage}" if vantage else "from here"
 
 
 def _matches(kind: str | None, on: tuple[str, ...]) -> bool:
@@ -352,41 +530,57 @@ def _matches(kind: str | None, on: tuple[str, ...]) -> bool:
     return "blocked" in on and kind in {st.value for st in BLOCKED}
 
 
-def _port_hints(s: Scenario, address: str | None, atoms: list[Atom]) -> list[str]:
-    """'Open TCP N ...' for hops a firewall drops; a refused port may be a stopped service."""
-    filtered: list[str] = []
-    refused: list[str] = []
+def _port_hints(s: Scenario, address: str | None, atoms: list[Atom], j: Judging) -> list[str]:
+    """'Open TCP N ...' for hops a firewall drops; a refused port may be a stopped service.
+    On a path that must not be filtered at all, the advice is to remove the filter."""
+    filtered: dict[str | None, list[str]] = {}
+    refused: dict[str | None, list[str]] = {}
     for a in atoms:
         for r in a.broken:
             label = str(r.port)
             comp = component_of(r) if r.parent else None
             if comp:
                 label += f" ({COMPONENT_NAMES.get(comp, comp)})"
+            # A check of another role's host names that host, not the address judged.
+            dest = r.address if a.req.check in j.check_roles else address
             if r.port_state is PortState.FILTERED:
-                filtered.append(label)
+                filtered.setdefault(dest, []).append(label)
             elif r.port_state is PortState.CLOSED:
-                refused.append(label)
+                refused.setdefault(dest, []).append(label)
+    unsupported = s.filtering == "unsupported"
     out = []
-    if filtered:
-        dest = f" to {address}" if address else ""
-        out.append(f"Open TCP {' or '.join(dict.fromkeys(filtered))} {_from(s)}{dest}.")
-    if refused:
+    for dest, labels in filtered.items():
+        ports = " or ".join(dict.fromkeys(labels))
+        to = f" to {dest}" if dest else ""
+        if unsupported:
+            out.append(
+                f"Remove the filter on TCP {ports} {_from(s, j)}{to}: this path must not be"
+                " filtered at all."
+            )
+        else:
+            out.append(f"Open TCP {ports} {_from(s, j)}{to}.")
+    for dest, labels in refused.items():
+        ports = " or ".join(dict.fromkeys(labels))
+        stop = "remove the filter rejecting it" if unsupported else "stop the firewall rejecting it"
         out.append(
-            f"Nothing accepted TCP {' or '.join(dict.fromkeys(refused))} on"
-            f" {address or 'the server'} (refused): start the service there, or stop the"
-            f" firewall rejecting it {_from(s)}."
+            f"Nothing accepted TCP {ports} on {dest or 'the server'} (refused): start the"
+            f" service there, or {stop} {_from(s, j)}."
         )
     return out
 
 
 def _hints(
-    s: Scenario, address: str | None, failed_all: list[Atom], failed_groups: list[list[Atom]]
+    s: Scenario,
+    address: str | None,
+    failed_all: list[Atom],
+    failed_groups: list[list[Atom]],
+    j: Judging,
 ) -> tuple[str, ...]:
     out: list[str] = []
     for a in failed_all:
-        out += _port_hints(s, address, [a])
+        out += _port_hints(s, address, [a], j)
     for g in failed_groups:
-        out += _port_hints(s, address, g)
+        out += _port_hints(s, address, g, j)
     failures = [*failed_all, *(a for g in failed_groups for a in g)]
     for h in s.hints:
         for a in failures:

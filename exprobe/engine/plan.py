@@ -18,6 +18,7 @@ class CheckDef:
     probe: str
     params: Params
     port: int | None = None
+    role: str | None = None  # run only against targets bound to this role (None: primary)
 
     def resolved_port(self, offset: int = 0) -> int:
         port = get_probe(self.probe).port_for(self.params, self.port)
@@ -27,6 +28,14 @@ class CheckDef:
 def adhoc_id(probe: str, port: int, tls: str) -> str:
     """The id of a check given on the command line: `tcp:25`, `smtp:25:starttls`."""
     return f"{probe}:{port}" if tls == "none" else f"{probe}:{port}:{tls}"
+
+
+def role_of(labels: tuple[tuple[str, str], ...], primary: str) -> str:
+    """The role a target is bound to: its `role=` label, else the primary role."""
+    for key, value in labels:
+        if key == "role":
+            return value
+    return primary
 
 
 def checks_for(target_port: int | None, defs: list[CheckDef], offset: int) -> list[CheckDef]:
@@ -41,9 +50,17 @@ def checks_for(target_port: int | None, defs: list[CheckDef], offset: int) -> li
 
 
 def plan(
-    targets: Iterable[Resolved], defs: list[CheckDef], *, port_offset: int = 0
+    targets: Iterable[Resolved],
+    defs: list[CheckDef],
+    *,
+    port_offset: int = 0,
+    primary_role: str | None = None,
 ) -> Iterator[CheckSpec]:
     """One `CheckSpec` per (address, check), each address probed once however often listed.
+
+    With `primary_role` (a profile that binds checks to roles), a target gets only the
+    checks of its role (`role_of`): the domain controller's checks go to the targets
+    labelled `role=dc`, the checks without a role to the others.
 
     Unresolvable names yield one check per definition with no address; the runner turns
     those into `dns-error` results without touching the network.  A probe that opens no
@@ -53,18 +70,24 @@ def plan(
     # Per target port: the definitions with their ports resolved, computed once, split
     # into those that connect and the lookup probes (autodiscover), which run once per
     # target whether or not the target's own name resolved.
-    by_port: dict[int | None, tuple[list[tuple[CheckDef, int]], list[tuple[CheckDef, int]]]] = {}
+    by_port: dict[
+        tuple[int | None, str], tuple[list[tuple[CheckDef, int]], list[tuple[CheckDef, int]]]
+    ] = {}
     # Per address: the definitions list already planned for it (the usual case: one
     # shared list), or the set of check ids when an address came with different lists.
     seen: dict[str, list[tuple[CheckDef, int]] | set[str]] = {}
     for res in targets:
         t = res.target
-        split = by_port.get(t.port)
+        role = role_of(t.labels, primary_role) if primary_role is not None else ""
+        split = by_port.get((t.port, role))
         if split is None:
+            mine = defs
+            if primary_role is not None:
+                mine = [d for d in defs if (d.role or primary_role) == role]
             both = [
-                (d, d.resolved_port(port_offset)) for d in checks_for(t.port, defs, port_offset)
+                (d, d.resolved_port(port_offset)) for d in checks_for(t.port, mine, port_offset)
             ]
-            split = by_port[t.port] = (
+            split = by_port[(t.port, role)] = (
                 [x for x in both if get_probe(x[0].probe).connects],
                 [x for x in both if not get_probe(x[0].probe).connects],
             )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from exprobe.engine.plan import CheckDef, plan
+from exprobe.engine.plan import CheckDef, plan, role_of
 from exprobe.engine.runner import RunOptions, run_check
 from exprobe.engine.scheduler import Limits, run_pool
 from exprobe.engine.shard import run_sharded, shard_count
@@ -44,6 +44,7 @@ class Session:
     trace: TraceOptions | None = None  # --trace: the hop phase after the checks
     resolver: Resolver | None = None  # --dns-server: names resolved there, not by getaddrinfo
     notes: list[str] = field(default_factory=list)  # for the user (stderr)
+    primary_role: str | None = None  # a profile with roles: each target gets its role's checks
 
     async def resolve_names(self) -> dict[int, Resolved]:
         """The addresses of the targets that are names (by index in `targets`), looked
@@ -98,9 +99,8 @@ class Session:
                 # resolves literals as it goes.
                 rep.targets = [_target_report(r) for r in names.values() if r.error]
                 source = functools.partial(self.resolved, names, expand=False)
-            n_defs = max(1, len(self.defs))
-            self.total_planned = n_defs * sum(
-                max(1, names[i].count() if i in names else t.size())
+            self.total_planned = sum(
+                self._n_defs(t) * max(1, names[i].count() if i in names else t.size())
                 for i, t in enumerate(self.targets)
             )
 
@@ -111,7 +111,12 @@ class Session:
                     by_key[(r.address, r.id) if r.address else (r.target, r.id)] = r
 
             def checks() -> Iterator[CheckSpec]:
-                return plan(source(), self.defs, port_offset=self.opts.port_offset)
+                return plan(
+                    source(),
+                    self.defs,
+                    port_offset=self.opts.port_offset,
+                    primary_role=self.primary_role,
+                )
 
             runner = functools.partial(run_check, opts=self.opts)
             shards = shard_count(
@@ -148,6 +153,13 @@ class Session:
             rep.finished_at = now_iso()
             rep.duration_ms = round((time.perf_counter() - t0) * 1000, 3)
         return rep
+
+    def _n_defs(self, t: Target) -> int:
+        """How many checks a target gets (its role's, when checks are bound to roles)."""
+        if self.primary_role is None:
+            return max(1, len(self.defs))
+        role = role_of(t.labels, self.primary_role)
+        return sum(1 for d in self.defs if (d.role or self.primary_role) == role)
 
     def _count_addresses(self) -> int:
         """Distinct addresses among the targets (names and CIDR blocks counted by size)."""

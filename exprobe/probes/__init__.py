@@ -23,6 +23,7 @@ PROBE_MODULES = (
     "http",
     "tls",
     "autodiscover",
+    "mx",
     "kerberos",
     "smb",
 )

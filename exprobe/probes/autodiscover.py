@@ -35,7 +35,7 @@ from exprobe.status import PortState, Status
 
 PATH = "/autodiscover/autodiscover.xml"
 METHOD_NAMES = {1: "root domain", 2: "autodiscover host", 3: "HTTP redirect", 4: "SRV record"}
-_DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+DOMAIN_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                      r"[A-Za-z][A-Za-z0-9-]{0,62}")  # fmt: skip
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -218,7 +218,7 @@ async def autodiscover(
     """Resolve the four methods' names; derive a check per method that has an address."""
     ctx.step("resolve")
     domain = (params.domain or ctx.check.server_name or ctx.check.target).rstrip(".").lower()
-    if not _DOMAIN.fullmatch(domain):
+    if not DOMAIN_RE.fullmatch(domain):
         raise ApplicationError(f"{domain!r} is not a DNS domain")
     resolver = Resolver(ctx.dns_server)
     ctx.facts["domain"] = domain

@@ -11,7 +11,8 @@ body), `host` (the Host header; default the target name), `ntlm` (send an NTLMSS
 NEGOTIATE where NTLM/Negotiate is offered and read the CHALLENGE), `expect_status`.
 Steps: request, [ntlm].
 
-`exchange-http` params: `vdir` (owa, ecp, autodiscover, ews, mapi, nspi, rpc, oab, eas),
+`exchange-http` params: `vdir` (owa, ecp, autodiscover, ews, mapi, nspi, rpc, oab, eas, and the hybrid
+endpoints ews-wss, autodiscover-wss, mrsproxy, where any answer of Exchange's will do),
 `healthcheck`, `ntlm`, `host`, `expect_server` (the server name the answers must carry),
 `expect_cert_sha256`.  Steps: request, [rpc-out], [ntlm], [healthcheck].
 An answer that is not Exchange's where Exchange must answer ends as `intercepted`.
@@ -31,7 +32,8 @@ from exprobe.wire import exchange
 from exprobe.wire.http import HttpResponse, clean, schemes
 
 Method = Literal["GET", "HEAD", "POST", "OPTIONS", "RPC_IN_DATA", "RPC_OUT_DATA"]
-Vdir = Literal["owa", "ecp", "autodiscover", "ews", "mapi", "nspi", "rpc", "oab", "eas"]
+Vdir = Literal["owa", "ecp", "autodiscover", "ews", "mapi", "nspi", "rpc", "oab", "eas",
+               "ews-wss", "autodiscover-wss", "mrsproxy"]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,9 @@ def _vdir_request(vdir: str) -> tuple[str, list[tuple[str, str]], bytes | None, 
         return "POST", exchange.mapi_headers("Bind"), b"", None
     if vdir == "rpc":
         return "RPC_IN_DATA", [("User-Agent", "MSRPC")], None, exchange.RPC_ECHO_LENGTH
+    if vdir in exchange.HYBRID:  # an empty SOAP POST, as Exchange Online's first request
+        soap = [("User-Agent", "exprobe"), ("Content-Type", "text/xml; charset=utf-8")]
+        return "POST", soap, b"", None
     return "GET", [("User-Agent", "exprobe")], None, None
 
 
@@ -217,6 +222,10 @@ def _check_vdir(ctx: ProbeContext, vdir: str, resp: HttpResponse, what: str) -> 
             raise ApplicationError(f"{what}: HTTP {_describe(resp)}, expected 401 (NTLM/Negotiate)")
         if vdir == "rpc":
             ctx.facts["rpc_verbs"] = "carried"
+    elif vdir in exchange.HYBRID:
+        if resp.status in (301, 302, 303, 307, 308):
+            where = clean(resp.header("location") or "nowhere", 120)
+            _intercepted(ctx, f"{what} redirects to {where}: pre-authentication in the path", resp)
     elif vdir == "eas":
         if resp.status != 401:
             raise ApplicationError(f"{what}: HTTP {_describe(resp)}, expected 401 (Basic)")

@@ -46,10 +46,13 @@ MASKED_BANNER_WARNING = (
 @dataclass(frozen=True, slots=True)
 class SmtpParams(Params):
     """`tls`: none, starttls or implicit; `ehlo_name`: the name given in EHLO/HELO;
-    `ntlm`: read the NTLM identity (AUTH NTLM, cancelled after the CHALLENGE)."""
+    `ntlm`: read the NTLM identity (AUTH NTLM, cancelled after the CHALLENGE);
+    `expect_extensions`: EHLO keywords the server should list (a warning names those
+    missing, e.g. Exchange's X-EXPS that an SMTP inspection device removes)."""
 
     ehlo_name: str = "exprobe.invalid"
     ntlm: bool = False
+    expect_extensions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         Params.__post_init__(self)
@@ -116,6 +119,9 @@ async def smtp(stream: Stream, params: SmtpParams, ctx: ProbeContext) -> None:
         if info is not None:
             ctx.facts["ehlo_extensions_tls"] = info.extensions
 
+    if params.expect_extensions:
+        _expected_extensions(ctx, info, params.expect_extensions)
+
     if params.ntlm:
         offered = info is not None and "NTLM" in info.auth_mechanisms
         await ntlm_step(stream, ctx, offered=offered, command="AUTH NTLM",
@@ -126,6 +132,18 @@ async def smtp(stream: Stream, params: SmtpParams, ctx: ProbeContext) -> None:
     extensions = f"{len(info.extensions)} EHLO extensions" if info is not None else "HELO only"
     tls = ", STARTTLS ok" if params.tls == "starttls" else ""
     ctx.summary = f"{ctx.facts['banner']} ({extensions}{tls}{tls_summary(ctx)})"
+
+
+def _expected_extensions(ctx: ProbeContext, info: EhloInfo | None, wanted: tuple[str, ...]) -> None:
+    """Warn about the expected EHLO keywords the last EHLO did not list."""
+    listed = {k.upper() for k in info.extensions} if info is not None else set()
+    missing = [w for w in wanted if w.upper() not in listed]
+    if missing:
+        ctx.facts["ehlo_missing"] = missing
+        ctx.warn(
+            f"EHLO does not list {', '.join(missing)}: not the expected server, or an SMTP"
+            " inspection device in the path removed them"
+        )
 
 
 async def _hello(

@@ -25,6 +25,7 @@ from exprobe.probes.base import Params, ProbeSpec, coerce, make_params, param_fi
 from exprobe.profile.model import (
     COMPONENTS,
     FAILURE_KINDS,
+    PRIMARY_ROLE,
     SCHEMA_VERSION,
     CheckDecl,
     Hint,
@@ -33,10 +34,13 @@ from exprobe.profile.model import (
     Scenario,
 )
 
-TOP_KEYS = ("schema_version", "title", "description", "extends", "checks", "scenarios")
-CHECK_KEYS = ("probe", "port", "title")
-SCENARIO_KEYS = ("title", "description", "vantage", "all", "any", "hints")
-HINT_KEYS = ("text", "kb", "when", "on")
+TOP_KEYS = ("schema_version", "title", "description", "extends", "checks", "scenarios",
+            "vantages", "roles", "primary_role")  # fmt: skip
+CHECK_KEYS = ("probe", "port", "title", "role", "enabled")
+SCENARIO_KEYS = ("title", "description", "vantage", "all", "any", "hints", "vantages",
+                 "filtering", "observe", "docs")  # fmt: skip
+HINT_KEYS = ("text", "kb", "when", "on", "docs")
+FILTERING = ("supported", "unsupported")
 ID_RE = re.compile(r"[a-z][a-z0-9_-]{0,47}")
 MAX_EXTENDS_DEPTH = 16
 
@@ -169,6 +173,8 @@ def declared_components(decl: CheckDecl, spec: ProbeSpec) -> tuple[str, ...]:
 class _Loader:
     def __init__(self) -> None:
         self.registry = load_all()
+        self.roles: tuple[str, dict[str, str]] = (PRIMARY_ROLE, {})  # of the file being read
+        self.vantages: dict[str, str] = {}
 
     def load(self, path: Path, display: str, chain: tuple[Path, ...]) -> Profile:
         raw = self._read(path, display)
@@ -209,6 +215,14 @@ class _Loader:
         if not title:
             raise f.error("title", "missing")
 
+        vantages = {**(base.vantages if base else {}), **f.names(raw, "vantages")}
+        roles = {**(base.roles if base else {}), **f.names(raw, "roles")}
+        primary = f.string(raw, "primary_role", base.primary_role if base else PRIMARY_ROLE)
+        if not ID_RE.fullmatch(primary):
+            raise f.error("primary_role", f"bad role name {primary!r}")
+        roles.pop(primary, None)
+        self.roles = (primary, roles)
+        self.vantages = vantages
         checks = self._checks(raw.get("checks", {}), base, f)
         scenarios = self._scenarios(raw.get("scenarios", {}), base, checks, f)
         return Profile(
@@ -220,6 +234,9 @@ class _Loader:
             description=description,
             extends=extends,
             schema_version=sv,
+            vantages=vantages,
+            roles=roles,
+            primary_role=primary,
         )
 
     @staticmethod
@@ -302,6 +319,15 @@ class _Loader:
         params = self._params(spec, values, f, where)
 
         title = f.string(entry, "title", inherited.title if inherited else "", where)
+        role = f.string(entry, "role", inherited.role if inherited else "", where)
+        primary, roles = self.roles
+        if role == primary:
+            role = ""
+        elif role and role not in roles:
+            known = ", ".join([primary, *roles])
+            raise f.error(f"{where}.role", f"unknown role {role!r} (known: {known}; declare"
+                          " it in [roles])")  # fmt: skip
+        enabled = f.boolean(entry, "enabled", inherited.enabled if inherited else True, where)
         declared: int | None = None
         if "port" in entry:
             declared = f.port(entry["port"], f"{where}.port")
@@ -311,7 +337,7 @@ class _Loader:
             port = spec.port_for(params, declared)
         except InputError:
             raise f.error(where, f"probe {probe!r} has no default port: give port = N") from None
-        return CheckDecl(cid, probe, params, port, title, declared is not None)
+        return CheckDecl(cid, probe, params, port, title, declared is not None, role, enabled)
 
     def _params(self, spec: ProbeSpec, values: dict[str, Any], f: _File, where: str) -> Params:
         tls = values.get("tls", "none")
@@ -362,6 +388,26 @@ class _Loader:
         hints = base.hints
         if "hints" in entry:
             hints = f.hints(entry["hints"], f"{where}.hints")
+        vantages = base.vantages
+        if "vantages" in entry:
+            vantages = tuple(f.strings(entry["vantages"], f"{where}.vantages"))
+            for i, v in enumerate(vantages):
+                if v not in self.vantages:
+                    known = ", ".join(self.vantages) or "none: declare them in [vantages]"
+                    raise f.error(
+                        f"{where}.vantages[{i}]", f"unknown vantage {v!r} (known: {known})"
+                    )
+        filtering = f.string(entry, "filtering", base.filtering, where)
+        if filtering not in FILTERING:
+            raise f.error(
+                f"{where}.filtering", f"{filtering!r}: expected one of {', '.join(FILTERING)}"
+            )
+        observe = base.observe
+        if "observe" in entry:
+            observe = tuple(f.refs(entry["observe"], f"{where}.observe"))
+        docs = base.docs
+        if "docs" in entry:
+            docs = tuple(f.strings(entry["docs"], f"{where}.docs"))
         return Scenario(
             id=sid,
             title=title,
@@ -370,6 +416,10 @@ class _Loader:
             all=all_,
             any=any_,
             hints=hints,
+            vantages=vantages,
+            filtering=filtering,
+            observe=observe,
+            docs=docs,
         )
 
 
@@ -390,6 +440,7 @@ def validate_scenario(
         located += [(r, f"{where}.any[{gi}][{i}]") for i, r in enumerate(group)]
     if len(s.any) == 1:  # written as a flat list: report the flat position
         located = [(r, p.replace(f"{where}.any[0][", f"{where}.any[")) for r, p in located]
+    located += [(r, f"{where}.observe[{i}]") for i, r in enumerate(s.observe)]
     for req, path in located:
         text = str(req)
         if text in seen:
@@ -539,8 +590,40 @@ class _File:
                         f"unknown failure kind {x!r} (known: {', '.join(FAILURE_KINDS)})",
                     )
                 on.append(x)
-            out.append(Hint(text.strip(), kb, tuple(when), tuple(on)))
+            docs = tuple(self.strings(h.get("docs", []), f"{where}.docs"))
+            out.append(Hint(text.strip(), kb, tuple(when), tuple(on), docs))
         return tuple(out)
+
+    def strings(self, v: Any, path: str) -> list[str]:
+        if not isinstance(v, list):
+            raise self.error(path, f"expected an array of strings, got {_type_name(v)}")
+        for i, x in enumerate(v):
+            if not isinstance(x, str) or not x.strip():
+                raise self.error(f"{path}[{i}]", f"expected a non-empty string, got {x!r}")
+        return [x.strip() for x in v]
+
+    def boolean(self, table: dict[str, Any], key: str, default: bool, where: str) -> bool:
+        if key not in table:
+            return default
+        v = table[key]
+        if not isinstance(v, bool):
+            raise self.error(f"{where}.{key}", f"expected true or false, got {_type_name(v)} {v!r}")
+        return v
+
+    def names(self, raw: dict[str, Any], key: str) -> dict[str, str]:
+        """`[vantages]` / `[roles]`: NAME = "what it is", names shaped like ids."""
+        v = raw.get(key, {})
+        if not isinstance(v, dict):
+            raise self.error(key, f"expected a table, got {_type_name(v)}")
+        out: dict[str, str] = {}
+        for name, text in v.items():
+            if not ID_RE.fullmatch(name):
+                raise self.error(f"{key}.{name}", f"bad name {name!r}: use lower-case letters,"
+                                 " digits, '-' and '_', starting with a letter")  # fmt: skip
+            if not isinstance(text, str) or not text.strip():
+                raise self.error(f"{key}.{name}", "expected a non-empty string saying what it is")
+            out[name] = text.strip()
+        return out
 
     def _list(self, h: dict[str, Any], key: str, where: str) -> list[Any]:
         v = h.get(key, [])
@@ -582,8 +665,13 @@ def apply_overrides(profile: Profile, sets: list[str]) -> Profile:
             port = f.port(int(value), "port")
             checks[cid] = dataclasses.replace(decl, port=port, port_declared=True)
             continue
+        if param == "enabled":
+            if value.lower() not in ("true", "false"):
+                raise f.error("", f"enabled: expected true or false, got {value!r}")
+            checks[cid] = dataclasses.replace(decl, enabled=value.lower() == "true")
+            continue
         if param not in fields:
-            known = ", ".join(sorted({"port", *fields}))
+            known = ", ".join(sorted({"port", "enabled", *fields}))
             raise f.error(
                 "",
                 f"check {cid!r} (probe {decl.probe}) has no parameter {param!r} (known: {known})",

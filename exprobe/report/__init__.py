@@ -27,7 +27,10 @@ def render(fmt: str, report: RunReport, *, verbose: bool = False) -> str:
 
 
 def status_exit_code(fmt: str, report: RunReport, failed_expectations: bool = False) -> int:
-    """0 all passed, 1 something failed; monitoring formats use their own conventions."""
+    """0 nothing failed, 1 something failed; monitoring formats use their own conventions.
+
+    A scenario skipped (no host for a role), not enabled or unknown (a service shipped
+    switched off) is not a failure."""
     mod_name = FORMAT_MODULES.get(fmt)
     if mod_name:
         mod = importlib.import_module(mod_name)
@@ -39,6 +42,6 @@ def status_exit_code(fmt: str, report: RunReport, failed_expectations: bool = Fa
         return 1 if failed_expectations else 0
     verdicts = report.all_verdicts()
     if verdicts:
-        return 0 if all(v.passed for v in verdicts) and not failed_expectations else 1
+        return 0 if not any(v.failed for v in verdicts) and not failed_expectations else 1
     ok = all(r.ok for r in report.all_results()) and not any(t.error for t in report.targets)
     return 0 if ok and not failed_expectations else 1

@@ -59,7 +59,7 @@ class _Expected:
 
 def _scenario_case(
     suite: ET.Element, t: TargetReport, v: ScenarioVerdict, expected: _Expected
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     case = ET.SubElement(
         suite,
         "testcase",
@@ -78,14 +78,18 @@ def _scenario_case(
     body = _xml_block("\n".join(details))
     if v.passed:
         ET.SubElement(case, "system-out").text = body
-        return 0, 0
+        return 0, 0, 0
+    if not v.failed:  # skipped, not-enabled, unknown: reported, not failed
+        ET.SubElement(case, "skipped", {"message": _xml_text(f"{v.verdict}: {v.reason}", 500)})
+        ET.SubElement(case, "system-out").text = body
+        return 0, 0, 1
     by = expected.fail.get((t.target, v.address, v.id))
     if by is not None:
         ET.SubElement(case, "system-out").text = f"fails as expected ({by})\n{body}"
-        return 0, 0
+        return 0, 0, 0
     fail = ET.SubElement(case, "failure", {"message": _xml_text(v.reason, 500), "type": "fail"})
     fail.text = body
-    return 1, 0
+    return 1, 0, 0
 
 
 def _check_case(
@@ -193,8 +197,8 @@ def render(report: RunReport, *, verbose: bool = False) -> str:
         tests = failures = errors = skipped = 0
         if t.scenarios:
             for v in t.scenarios:
-                f, e = _scenario_case(suite, t, v, expected)
-                tests, failures, errors = tests + 1, failures + f, errors + e
+                f, e, s = _scenario_case(suite, t, v, expected)
+                tests, failures, errors, skipped = tests + 1, failures + f, errors + e, skipped + s
         else:
             for r in t.results:
                 f, e, s = _check_case(suite, t, r, expected)

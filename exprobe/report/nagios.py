@@ -111,12 +111,19 @@ def evaluate(report: RunReport, *, verbose: bool = False) -> Verdict:
                 if e.get("met")
             ]
     elif verdicts:
-        failed = [x for x in verdicts if not x.passed]
+        failed = [x for x in verdicts if x.failed]
         for x in failed:
             v.raise_to(CRITICAL)
             text = f"{x.title} at {x.address or x.target}: {x.reason}"
             problems.append(text)
             v.lines.append(f"FAIL {clean(x.title)} [{clean(x.id)}] at "
+                           f"{clean(x.address or x.target)}: {clean(x.reason)}")
+        for x in verdicts:
+            if x.passed or x.failed:
+                continue
+            if x.verdict == "unknown":  # it may be on behind a filter: worth a look
+                v.raise_to(WARNING)
+            v.lines.append(f"{x.verdict.upper()} {clean(x.title)} [{clean(x.id)}] at "
                            f"{clean(x.address or x.target)}: {clean(x.reason)}")
         if verbose:
             v.lines += [

@@ -129,6 +129,11 @@ def families(report: RunReport, *, probe: bool = False) -> Iterator[Any]:
         "1 when the scenario would work through this path, else 0.",
         labels=SCENARIO_LABELS,
     )
+    verdict = GaugeMetricFamily(
+        "exprobe_scenario_verdict",
+        "1 for the scenario's verdict (pass, fail, unknown, not-enabled, skipped).",
+        labels=(*SCENARIO_LABELS, "verdict"),
+    )
     seen_s: set[tuple[str, ...]] = set()
     for t in report.targets:
         for v in t.scenarios:
@@ -136,7 +141,10 @@ def families(report: RunReport, *, probe: bool = False) -> Iterator[Any]:
             if skey not in seen_s:
                 seen_s.add(skey)
                 scenario.add_metric(skey, 1.0 if v.passed else 0.0)
+                verdict.add_metric((*skey, v.verdict), 1.0)
     yield scenario
+    if verdict.samples:
+        yield verdict
 
     if report.expectations is not None:
         met = GaugeMetricFamily(

@@ -70,8 +70,12 @@ def checks_table(results: list[CheckResult], *, verbose: bool = False) -> Table:
     return table
 
 
+VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unknown": "bold yellow",
+                 "not-enabled": "dim", "skipped": "dim"}  # fmt: skip
+
+
 def verdict_text(v: ScenarioVerdict) -> Text:
-    return Text(v.verdict.upper(), style="bold green" if v.passed else "bold red")
+    return Text(v.verdict.upper(), style=VERDICT_STYLE.get(v.verdict, "bold red"))
 
 
 ROLLUP_STYLE = {"all": "bold green", "some": "bold yellow", "none": "bold red"}
@@ -108,7 +112,7 @@ def scenario_tree(v: ScenarioVerdict, by_id: dict[tuple[str | None, str], CheckR
     if v.via:
         head.append(f"  via {printable(v.via)}", style="dim")
     tree = Tree(head)
-    tree.add(Text(printable(v.reason, 400), style="" if v.passed else "red"))
+    tree.add(Text(printable(v.reason, 400), style="red" if v.failed else ""))
     for cid in v.checks:
         tree.add(_check_line(cid, by_id.get((v.address, cid))))
     for w in v.warnings:
@@ -143,7 +147,7 @@ def scenarios_table(report: RunReport, *, verbose: bool = False) -> Table | Grou
                 Text(v.address or "-"),
                 Text(printable(v.title, 60)),
                 verdict_text(v),
-                Text(printable(reason, 400), style="" if v.passed else "red"),
+                Text(printable(reason, 400), style="red" if v.failed else ""),
             )
             last_of_id = i + 1 == len(t.scenarios) or t.scenarios[i + 1].id != v.id
             if v.id in rollup and last_of_id:

@@ -34,12 +34,21 @@ VDIRS: dict[str, str] = {
     "rpc": "/rpc/rpcproxy.dll",
     "oab": "/OAB/",
     "eas": "/Microsoft-Server-ActiveSync",
+    "ews-wss": "/EWS/Exchange.asmx/wssecurity",
+    "autodiscover-wss": "/autodiscover/autodiscover.svc/wssecurity",
+    "mrsproxy": "/EWS/mrsproxy.svc",
 }
-"""Each virtual directory's request path (research note §b.2)."""
+"""Each virtual directory's request path (research note §b.2); the last three are the
+endpoints Exchange Online calls in a hybrid deployment (§a.4 H3), never pre-authenticated."""
+
+HYBRID = frozenset({"ews-wss", "autodiscover-wss", "mrsproxy"})
+"""Endpoints that must reach Exchange itself: any answer of Exchange's will do (their
+unauthenticated status is not documented), a proxy's login page or redirect will not."""
 
 HEALTH_DIR = {
     "owa": "owa", "ecp": "ecp", "autodiscover": "autodiscover", "ews": "ews", "mapi": "mapi",
     "nspi": "mapi", "rpc": "rpc", "oab": "oab", "eas": "Microsoft-Server-ActiveSync",
+    "ews-wss": "ews", "autodiscover-wss": "autodiscover", "mrsproxy": "ews",
 }
 """The directory whose `healthcheck.htm` speaks for each vdir."""
 
