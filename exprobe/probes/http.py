@@ -11,8 +11,9 @@ body), `host` (the Host header; default the target name), `ntlm` (send an NTLMSS
 NEGOTIATE where NTLM/Negotiate is offered and read the CHALLENGE), `expect_status`.
 Steps: request, [ntlm].
 
-`exchange-http` params: `vdir` (owa, ecp, autodiscover, ews, mapi, nspi, rpc, oab, eas, and the hybrid
-endpoints ews-wss, autodiscover-wss, mrsproxy, where any answer of Exchange's will do),
+`exchange-http` params: `vdir` (owa, ecp, autodiscover, ews, mapi, nspi, rpc, oab, eas,
+and the hybrid endpoints ews-wss, autodiscover-wss, mrsproxy, where any answer of
+Exchange's will do),
 `healthcheck`, `ntlm`, `host`, `expect_server` (the server name the answers must carry),
 `expect_cert_sha256`.  Steps: request, [rpc-out], [ntlm], [healthcheck].
 An answer that is not Exchange's where Exchange must answer ends as `intercepted`.

@@ -120,7 +120,7 @@ async def smtp(stream: Stream, params: SmtpParams, ctx: ProbeContext) -> None:
             ctx.facts["ehlo_extensions_tls"] = info.extensions
 
     if params.expect_extensions:
-        _expected_extensions(ctx, info, params.expect_extensions)
+        _expected_extensions(ctx, params.expect_extensions)
 
     if params.ntlm:
         offered = info is not None and "NTLM" in info.auth_mechanisms
@@ -134,9 +134,12 @@ async def smtp(stream: Stream, params: SmtpParams, ctx: ProbeContext) -> None:
     ctx.summary = f"{ctx.facts['banner']} ({extensions}{tls}{tls_summary(ctx)})"
 
 
-def _expected_extensions(ctx: ProbeContext, info: EhloInfo | None, wanted: tuple[str, ...]) -> None:
-    """Warn about the expected EHLO keywords the last EHLO did not list."""
-    listed = {k.upper() for k in info.extensions} if info is not None else set()
+def _expected_extensions(ctx: ProbeContext, wanted: tuple[str, ...]) -> None:
+    """Warn about the expected EHLO keywords that neither EHLO (before or after STARTTLS)
+    listed: Exchange offers X-ANONYMOUSTLS before TLS only."""
+    listed: set[str] = set()
+    for key in ("ehlo_extensions", "ehlo_extensions_tls"):
+        listed.update(k.upper() for k in ctx.facts.get(key) or {})
     missing = [w for w in wanted if w.upper() not in listed]
     if missing:
         ctx.facts["ehlo_missing"] = missing

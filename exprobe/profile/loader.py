@@ -25,6 +25,7 @@ from exprobe.probes.base import Params, ProbeSpec, coerce, make_params, param_fi
 from exprobe.profile.model import (
     COMPONENTS,
     FAILURE_KINDS,
+    OTHER,
     PRIMARY_ROLE,
     SCHEMA_VERSION,
     CheckDecl,
@@ -152,19 +153,22 @@ def components_of(spec: ProbeSpec) -> tuple[str, ...] | None:
     fields = param_fields(spec.params_type)
     tp = fields.get("components")
     if tp is None:
-        return COMPONENTS if spec.name == "msrpc-epm" else None
+        return (*COMPONENTS, OTHER) if spec.name == "msrpc-epm" else None
     inner, _ = _unwrap_optional(tp)
     for arg in typing.get_args(inner):
         if typing.get_origin(arg) is Literal:
             return tuple(str(a) for a in typing.get_args(arg))
-    return COMPONENTS
+    return (*COMPONENTS, OTHER) if "interfaces" in param_fields(spec.params_type) else COMPONENTS
 
 
 def declared_components(decl: CheckDecl, spec: ProbeSpec) -> tuple[str, ...]:
+    """What the check derives checks for: its `components`, and `other` when it maps
+    `interfaces` of its own (a domain controller's netlogon, say)."""
+    extra = (OTHER,) if getattr(decl.params, "interfaces", None) else ()
     value = getattr(decl.params, "components", None)
     if isinstance(value, tuple):
-        return tuple(str(v) for v in value)
-    return components_of(spec) or ()
+        return (*(str(v) for v in value), *extra)
+    return (*(components_of(spec) or ()), *extra)
 
 
 # -- the loader -----------------------------------------------------------------------------
