@@ -62,10 +62,19 @@ RoleHosts = dict[str, list[tuple[str, "_Results | str"]]]
 def _host_results(t: TargetReport) -> list[tuple[str, _Results | str]]:
     if t.error or not t.addresses:
         return [(t.target, f"{t.target} did not resolve ({t.error or 'no address'})")]
+    by_addr = _by_address(t)
+    return [(a, _Results(by_addr.get(a, []))) for a in t.addresses]
+
+
+def _by_address(t: TargetReport) -> dict[str | None, list[CheckResult]]:
+    """The target's results per address; a result of no address (a check that opens no
+    connection of its own, such as mx or autodiscover, judged once for the whole target)
+    counts for every address."""
     by_addr: dict[str | None, list[CheckResult]] = {}
     for r in t.results:
         by_addr.setdefault(r.address, []).append(r)
-    return [(a, _Results(by_addr.get(a, []))) for a in t.addresses]
+    shared = by_addr.pop(None, [])
+    return {a: [*by_addr.get(a, []), *shared] for a in t.addresses}
 
 
 def evaluate_target(
@@ -76,9 +85,7 @@ def evaluate_target(
 ) -> list[ScenarioVerdict]:
     if t.error or not t.addresses:
         return [_unresolved(t, s, judging) for s in scenarios]
-    by_addr: dict[str | None, list[CheckResult]] = {}
-    for r in t.results:
-        by_addr.setdefault(r.address, []).append(r)
+    by_addr = _by_address(t)
     return [
         evaluate_scenario(
             s, t.target, addr, by_addr.get(addr, []), judging=judging, others=others
