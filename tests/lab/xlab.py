@@ -53,9 +53,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exprobe.listen.tlscert import make_certificate
 from tests.lab.adlab import listening, provision, spawn_samba, wait_samba
 from tests.lab.common import LabLock, command, delete_namespaces, run_in, start_in, stop
+from tests.lab.dnslab import COMMON as DNSMASQ_OPTIONS
+from tests.lab.dnslab import make_certs
 from tests.lab.hoplab import LISTENER
 from tests.lab.lab import POSTFIX_MASTER, TEMPLATES, _render
 from tests.lab.weblab import nginx_main, start_nginx
@@ -87,8 +88,20 @@ SMTP_PORTS = {
     "edge": (25,),
     "exo": (25,),
 }
+CLUSTER_PORT = 49701  # the failover cluster's RPC port the endpoint mapper hands out
 EDGE_LDAPS = 50636
 EDGE_LDAP_LOCAL = 50389  # AD LDS's LDAP: local only, as on an Edge server
+# dnsmasq on r1 (ROUTER): the lab's names; xlab.example has an MX and no address, so
+# Autodiscover's method 1 finds nothing and method 2 (autodiscover.xlab.example) carries.
+DNS_RECORDS = [
+    *(f"--host-record={name},{ADDR[node][4]},{ADDR[node][6]}" for name, node in (
+        (NAME, "vip"), (f"autodiscover.{DOMAIN}", "vip"), (f"mbx1.{DOMAIN}", "mbx1"),
+        (f"mbx2.{DOMAIN}", "mbx2"), (f"ex1.{DOMAIN}", "m1"), (f"ex2.{DOMAIN}", "m2"),
+        (f"edge.{DOMAIN}", "edge"), (f"exo.{DOMAIN}", "exo"), ("dc1.ad.lab.test", "dc"),
+    )),
+    f"--mx-host={DOMAIN},edge.{DOMAIN},10",
+    f"--local=/{DOMAIN}/", "--local=/ad.lab.test/",
+]  # fmt: skip
 RULESETS = (
     "open",
     "mapi-refused",
@@ -281,50 +294,30 @@ class XLab:
     # -- certificates
 
     def _certs(self) -> None:
-        """exprobe's own throw-away CA and leaf per service (exprobe/listen/tlscert.py:
-        certificates that strict X.509 validation accepts).  ca.pem trusts the published
-        ones; the backend site's (444) and the offloading VIP's stay untrusted, as
-        Exchange's self-signed certificate and a foreign middlebox's are."""
+        """One CA the clients trust (ca.pem) for the published names, another nobody
+        trusts for the backend site's certificate on 444 (Exchange's is self-signed).
+        The offloading VIP's certificate is valid for the same names, from the same CA,
+        but another key: only its fingerprint tells it from the members'."""
         shutil.rmtree(RUN, ignore_errors=True)
         TLS.mkdir(parents=True)
-        web = [ADDR[n][f] for n in ("mbx1", "vip", "m1", "m2") for f in (4, 6)]
-        trusted = [
-            self._cert("mail", "mail.pem", "mail-key.pem", NAME, web),
-            self._cert(
-                "smtp",
-                "server.crt",
-                "server.key",
-                f"mbx1.{DOMAIN}",
-                [ADDR[n][f] for n in SMTP_PORTS for f in (4, 6)],
-            ),
-            self._cert(
-                "ldaps", "ldap.crt", "ldap.key", f"edge.{DOMAIN}", list(ADDR["edge"].values())
-            ),
-        ]
-        self._cert(
-            "backend",
-            "backend.pem",
-            "backend-key.pem",
-            f"mbx1.{DOMAIN}",
-            list(ADDR["mbx1"].values()),
-        )
-        self._cert("offload", "offload.pem", "offload-key.pem", NAME, list(ADDR["vip"].values()))
-        self.ca_pem.write_bytes(b"".join(trusted))
-        (TLS / "ca.crt").write_bytes(b"".join(trusted))  # the name slapd's template uses
-
-    def _cert(self, key: str, cert_file: str, key_file: str, name: str,
-              addresses: list[str]) -> bytes:  # fmt: skip
-        """Write a fresh CA's leaf for `name` and `addresses` (chain and key); note its
-        SHA-256 in `sha256[key]`; return the CA certificate (PEM)."""
-        material = make_certificate(name, addresses)
-        (TLS / cert_file).write_bytes(material.cert_pem)
-        (TLS / key_file).write_bytes(material.key_pem)
-        leaf = (
-            material.cert_pem.split(b"-----END CERTIFICATE-----")[0]
-            + b"-----END CERTIFICATE-----\n"
-        )
-        self.sha256[key] = hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.decode())).hexdigest()
-        return material.ca_pem
+        web = [NAME, f"autodiscover.{DOMAIN}", f"mbx1.{DOMAIN}", f"ex1.{DOMAIN}", f"ex2.{DOMAIN}",
+               *(ADDR[n][f] for n in ("mbx1", "vip", "m1", "m2") for f in (4, 6))]  # fmt: skip
+        make_certs(TLS, self.ca_pem, {
+            "mail": web,
+            "offload": web,
+            "smtp": [*(f"{n}.{DOMAIN}" for n in SMTP_PORTS),
+                     *(ADDR[n][f] for n in SMTP_PORTS for f in (4, 6))],
+            "ldaps": [f"edge.{DOMAIN}", *ADDR["edge"].values()],
+        })  # fmt: skip
+        make_certs(TLS, TLS / "untrusted-ca.pem", {"backend": [f"mbx1.{DOMAIN}", *ADDR["mbx1"].values()]})
+        for stem in ("mail", "offload", "smtp", "ldaps", "backend"):
+            pem = (TLS / f"{stem}.pem").read_text()
+            self.sha256[stem] = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        # The names the main lab's postfix and slapd templates use.
+        for src, dst in (("smtp.pem", "server.crt"), ("smtp-key.pem", "server.key"),
+                         ("ldaps.pem", "ldap.crt"), ("ldaps-key.pem", "ldap.key"),
+                         ("ca.pem", "ca.crt")):  # fmt: skip
+            shutil.copy(TLS / src, TLS / dst)
 
     # -- daemons
 
@@ -377,12 +370,22 @@ class XLab:
             sys.executable, "-m", "tests.peers.smtp_inspect", "--port", str(INSPECT_PORT),
             "--upstream4", ADDR["mbx1"][4], "--upstream6", ADDR["mbx1"][6],
         ])  # fmt: skip
-        # DAG replication: something accepts on 64327 (the hop lab's listener).
+        # DAG replication: something accepts on 64327 (the hop lab's listener); the
+        # failover cluster's RPC through the endpoint mapper (the project's scripted EPM).
         self._start("dag", "mbx1", [sys.executable, "-c", LISTENER, "", str(DAG_PORT)])
-        for key in [k for k in self.procs if k.startswith(("exchange-", "inspect", "dag"))]:
+        self._start("epm", "mbx1", [
+            sys.executable, "-m", "tests.peers.epm_peer", "--bind", ADDR["mbx1"][4],
+            "--bind", ADDR["mbx1"][6], "--port", "135", "--mode", "dag",
+            "--ports", f"cluster={CLUSTER_PORT}", "--listeners", "cluster",
+        ])  # fmt: skip
+        self._start("dns", "r1", [
+            "dnsmasq", *DNSMASQ_OPTIONS, f"--pid-file={RUN}/dnsmasq.pid",
+            *(f"--listen-address={a}" for a in ROUTER.values()), *DNS_RECORDS,
+        ])  # fmt: skip
+        for key in [k for k in self.procs if k.startswith(("exchange-", "inspect", "dag", "epm"))]:
             out = self.procs[key].stdout
             assert out is not None
-            if out.readline().strip() != b"ready":
+            if not out.readline().lower().startswith(b"ready"):
                 raise XLabError(f"{key} did not start")
 
     def _nginx(self) -> None:
@@ -402,11 +405,11 @@ class XLab:
     def _wait(self, timeout: float = 30) -> None:
         """Until every daemon listens (XLabError naming the missing ones after `timeout`)."""
         want: dict[str, set[int]] = {node: set(ports) for node, ports in SMTP_PORTS.items()}
-        want["mbx1"] |= {80, 443, 444, DAG_PORT, BACKEND_PORT}
+        want["mbx1"] |= {80, 135, 443, 444, DAG_PORT, CLUSTER_PORT, BACKEND_PORT}
         want["m1"] = want["m2"] = {443, BACKEND_PORT}
         want["vip"] = {443}
         want["edge"].add(EDGE_LDAPS)
-        want["r1"] = {INSPECT_PORT}
+        want["r1"] = {INSPECT_PORT, 53}
         deadline = time.monotonic() + timeout
         samba = self.procs["samba"]
         wait_samba(samba, NS["dc"], SAMBA_RUN, deadline)

@@ -63,6 +63,10 @@ class Exchange:
         if path.startswith(("/owa", "/ecp")) and not path.startswith("/owa/auth"):
             loc = f"https://{self.fqdn}/owa/auth/logon.aspx?url=https%3a%2f%2f{self.fqdn}{target}&reason=0"
             return 302, [*hdrs, ("Location", loc)], b""
+        if path.startswith("/powershell"):
+            # The frontend PowerShell vdir: Kerberos only, no SSL required (research note
+            # C7). The exact unauthenticated answer is unverified on a real server.
+            return 401, [*hdrs, ("WWW-Authenticate", "Negotiate")], b""
         if path.startswith("/microsoft-server-activesync"):
             return 401, [*hdrs, ("WWW-Authenticate", f'Basic realm="{self.fqdn}"')], b""
         if path.startswith(WINDOWS):
