@@ -78,7 +78,10 @@ def shape(p: Profile) -> dict[str, tuple[list[str], list[list[str]]]]:
 
 
 def test_shipped_names() -> None:
-    assert shipped_names() == ["exchange40", "exchange50", "exchange55"]
+    assert shipped_names() == [
+        "exchange-edge", "exchange-hybrid", "exchange-se", "exchange2013", "exchange2016",
+        "exchange2019", "exchange40", "exchange50", "exchange55",
+    ]
     assert [p.name for p in list_profiles()] == shipped_names()
 
 
@@ -252,9 +255,10 @@ def test_missing_file_and_unknown_name() -> None:
         load_profile("nothere/site.toml")
     assert str(e.value) == "nothere/site.toml: cannot read (No such file or directory)"
     with pytest.raises(InputError) as e:
-        load_profile("exchange2019")
+        load_profile("exchange2020")
     assert str(e.value) == (
-        "unknown profile 'exchange2019' (known: exchange40, exchange50, exchange55);"
+        "unknown profile 'exchange2020' (known: exchange-edge, exchange-hybrid, exchange-se,"
+        " exchange2013, exchange2016, exchange2019, exchange40, exchange50, exchange55);"
         " give a path to use a TOML file of your own"
     )
 
@@ -417,6 +421,13 @@ def test_profiles_list() -> None:
     lines = [line.split("│") for line in out.stdout.splitlines()[2:]]
     rows = [[c.strip() for c in line] for line in lines]
     assert rows == [
+        ["exchange-edge", "Microsoft Exchange Edge Transport server", "4", ""],
+        ["exchange-hybrid", "Microsoft Exchange Server 2019, hybrid with Exchange Online", "21",
+         "exchange2019"],
+        ["exchange-se", "Microsoft Exchange Server Subscription Edition", "19", "exchange2019"],
+        ["exchange2013", "Microsoft Exchange Server 2013", "20", "exchange2016 → exchange2019"],
+        ["exchange2016", "Microsoft Exchange Server 2016", "20", "exchange2019"],
+        ["exchange2019", "Microsoft Exchange Server 2019", "19", ""],
         ["exchange40", "Microsoft Exchange Server 4.0", "5", ""],
         ["exchange50", "Microsoft Exchange Server 5.0", "9", "exchange40"],
         ["exchange55", "Microsoft Exchange Server 5.5", "11", "exchange50 → exchange40"],
@@ -424,6 +435,12 @@ def test_profiles_list() -> None:
     out = exprobe("profiles", "list", "--format", "json")
     data = json.loads(out.stdout)
     assert [(d["name"], d["scenarios"], d["checks"]) for d in data] == [
+        ("exchange-edge", 4, 5),
+        ("exchange-hybrid", 21, 43),
+        ("exchange-se", 19, 38),
+        ("exchange2013", 20, 44),
+        ("exchange2016", 20, 44),
+        ("exchange2019", 19, 38),
         ("exchange40", 5, 3),
         ("exchange50", 9, 9),
         ("exchange55", 11, 11),
