@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 import tempfile
 from pathlib import Path
@@ -42,8 +43,28 @@ def write_atomic(path: str, text: str) -> None:
 def emit(text: str, path: str | None) -> None:
     if path:
         write_atomic(path, text)
-    else:
+        return
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream of no descriptor (tests)
         sys.stdout.write(text)
-        if not text.endswith("\n"):
-            sys.stdout.write("\n")
         sys.stdout.flush()
+        return
+    sys.stdout.flush()
+    write_all(fd, text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """`data` to `fd`, all of it.  After a uvloop loop has run, a write into a full pipe
+    can return short once, and Python's stdout then drops the rest without a word
+    (`exprobe run --format json | slow-reader` got 64 KiB of a larger report)."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[n:]
