@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,16 +213,16 @@ def open_results(
 @pytest.fixture(scope="module")
 def rule_results(
     xlab: XLab, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, dict[tuple[str, int], dict[str, Any]]]]:
+) -> dict[str, dict[tuple[str, int], dict[str, Any]]]:
     results = {}
     try:
         for name, (changed, _, _, controls) in RULES.items():
             xlab.apply_rules(name)
             tmp = tmp_path_factory.mktemp(f"xlab-{name}")
             results[name] = run_all(xlab, [changed, *controls], tmp)
-        yield results
     finally:
         xlab.apply_rules("open")
+    return results
 
 
 @pytest.mark.parametrize("family", FAMILIES)
