@@ -108,6 +108,8 @@ OPEN: dict[str, Case] = {
         ("facts.cert_sha256", "sha:ldaps"), ("facts.naming_contexts", ["dc=lab,dc=test"]))),
     "exo-smtp-25": Case("cli", "exo", "smtp", 25, "starttls", facts=(
         ("facts.ehlo_domain", f"exo.{DOMAIN}"), ("facts.cert_trusted", True))),
+    "exo-https-443": Case("cli", "exo", "tls", 443, "implicit", facts=(
+        ("facts.cert_sha256", "sha:exo"), ("facts.cert_trusted", True))),
 }  # fmt: skip
 
 TIMEOUT = ("connection-timeout", (("failed_step", "connect"), ("port_state", "filtered")))

@@ -16,7 +16,7 @@ the node .2/::2), so every path between two nodes crosses r1's nftables forward 
 | vip  | 5 | nginx, the load-balancer VIP on 443: TCP pass-through (the members' certificate) round robin to m1 and m2; SSL offload with a certificate of its own under `ssl-offload` |
 | m1, m2 | 6, 7 | pool members: nginx on 443 (the same certificate as mbx1) fronting scripted Exchange backends EX1, EX2 |
 | edge | 8 | Edge Transport: postfix on 25, slapd with LDAPS on 50636 (AD LDS's EdgeSync port) |
-| exo  | 9 | "Exchange Online": postfix on 25 that requires STARTTLS (smtpd_tls_security_level = encrypt) |
+| exo  | 9 | "Exchange Online": postfix on 25 that requires STARTTLS (smtpd_tls_security_level = encrypt); nginx with TLS on 443 |
 
 The router also runs an SMTP inspection device (a relay that masks STARTTLS as Cisco
 ASA's `inspect esmtp` does) on 10587; under `587-starttls-stripped` an nftables NAT
@@ -183,6 +183,14 @@ def member_nginx(d: Path, node: str) -> str:
     ))  # fmt: skip
 
 
+def exo_nginx(d: Path) -> str:
+    """Exchange Online's HTTPS front door, as far as a TLS check sees it."""
+    return nginx_main(d, (
+        f"server {{ {_listen('exo', 443, ' ssl')} server_name exo.{DOMAIN}; {_tls('exo')} "
+        'location / { return 200 "exo\\n"; } }\n'
+    ))  # fmt: skip
+
+
 def vip_nginx(d: Path, offload: bool) -> str:
     """The VIP: layer-4 pass-through round robin (the members' own TLS), or with `offload`
     TLS terminated on the VIP with its own certificate and re-encrypted to the members."""
@@ -308,9 +316,10 @@ class XLab:
             "smtp": [*(f"{n}.{DOMAIN}" for n in SMTP_PORTS),
                      *(ADDR[n][f] for n in SMTP_PORTS for f in (4, 6))],
             "ldaps": [f"edge.{DOMAIN}", *ADDR["edge"].values()],
+            "exo": [f"exo.{DOMAIN}", *ADDR["exo"].values()],
         })  # fmt: skip
         make_certs(TLS, TLS / "untrusted-ca.pem", {"backend": [f"mbx1.{DOMAIN}", *ADDR["mbx1"].values()]})
-        for stem in ("mail", "offload", "smtp", "ldaps", "backend"):
+        for stem in ("mail", "offload", "smtp", "ldaps", "exo", "backend"):
             pem = (TLS / f"{stem}.pem").read_text()
             self.sha256[stem] = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
         # The names the main lab's postfix and slapd templates use.
@@ -393,6 +402,7 @@ class XLab:
         for node in ("m1", "m2"):
             self._restart_nginx(node, member_nginx(RUN / f"nginx-{node}", node))
         self._restart_nginx("vip", vip_nginx(RUN / "nginx-vip", offload=False))
+        self._restart_nginx("exo", exo_nginx(RUN / "nginx-exo"))
 
     def _restart_nginx(self, node: str, conf: str) -> None:
         key = f"nginx-{node}"
@@ -408,6 +418,7 @@ class XLab:
         want["mbx1"] |= {80, 135, 443, 444, DAG_PORT, CLUSTER_PORT, BACKEND_PORT}
         want["m1"] = want["m2"] = {443, BACKEND_PORT}
         want["vip"] = {443}
+        want["exo"].add(443)
         want["edge"].add(EDGE_LDAPS)
         want["r1"] = {INSPECT_PORT, 53}
         deadline = time.monotonic() + timeout
