@@ -24,7 +24,7 @@ from tests.helpers import ROOT, LoopbackServer, validate_report
 TIMEOUT = 2.0
 SERVER_FIRST = ("banner", "smtp", "pop3", "imap", "nntp")
 CLIENT_FIRST = ("ldap", "rfc1006", "msrpc-epm", "http", "exchange-http", "tls", "kerberos",
-                "smb")
+                "smb", "lb-healthcheck")
 GREETING_STEP = {"banner": "banner", "smtp": "greeting", "pop3": "greeting",
                  "imap": "greeting", "nntp": "greeting"}
 
@@ -54,7 +54,7 @@ EXPECTED: dict[str, dict[str, str]] = {
 # HTTP: the first byte of a drip is already not "HTTP/".
 DRIP = {"ldap": "protocol-error", "rfc1006": "protocol-error", "msrpc-epm": "io-timeout",
         "http": "protocol-error", "exchange-http": "protocol-error", "tls": "tls-error",
-        "kerberos": "protocol-error", "smb": "protocol-error"}
+        "kerberos": "protocol-error", "smb": "protocol-error", "lb-healthcheck": "protocol-error"}
 # The `tls` probe's handshake is OpenSSL's: a flood that is not TLS fails it (tls-error).
 # The garbage peer speaks first, at once: if its bytes are in before the handshake starts
 # they are refused as plaintext (tls-error); if they land in the instant between the

@@ -89,6 +89,8 @@ def _check_label(p: Profile, req: Requirement) -> Text:
     return Text.assemble(
         (req.check, "bold"),
         f"  {decl.probe} {decl.port}",
+        (f"  on the {decl.role}" if decl.role else "", "magenta"),
+        ("  off by default" if not decl.enabled else "", "yellow"),
         (f"  {params}" if params else "", "cyan"),
         (f"  {decl.title}" if decl.title else "", "dim"),
     )
@@ -99,12 +101,23 @@ def profile_tree(p: Profile) -> Tree:
     if p.extends:
         head.append(f"  extends {' → '.join(p.extends)}", style="dim")
     tree = Tree(head)
+    if p.vantages:
+        vantages = tree.add(Text("vantages (--vantage):", style="bold"))
+        for name, text in p.vantages.items():
+            vantages.add(Text.assemble((name, "bold"), f"  {text}"))
+    if p.roles:
+        roles = tree.add(Text("roles (--role NAME=HOST):", style="bold"))
+        roles.add(Text.assemble((p.primary_role, "bold"), "  the target(s) given"))
+        for name, text in p.roles.items():
+            roles.add(Text.assemble((name, "bold"), f"  {text}"))
     for s in p.scenarios.values():
+        where = ", ".join(s.vantages) if s.vantages else s.vantage
         node = tree.add(
             Text.assemble(
                 (s.id, "bold green"),
                 f"  {s.title}",
-                (f"  from {s.vantage}" if s.vantage else "", "dim"),
+                (f"  from {where}" if where else "", "dim"),
+                ("  must not be filtered" if s.filtering == "unsupported" else "", "yellow"),
             )
         )
         if s.description:
@@ -117,6 +130,12 @@ def profile_tree(p: Profile) -> Tree:
             group = node.add(Text("any of:"))
             for r in g:
                 group.add(_check_label(p, r))
+        if s.observe:
+            group = node.add(Text("also reported (never deciding):"))
+            for r in s.observe:
+                group.add(_check_label(p, r))
+        if s.docs:
+            node.add(Text.assemble(("read", "cyan"), ": ", "; ".join(s.docs)))
         for h in s.hints:
             cond = []
             if h.when:

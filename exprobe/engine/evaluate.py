@@ -67,14 +67,16 @@ def _host_results(t: TargetReport) -> list[tuple[str, _Results | str]]:
 
 
 def _by_address(t: TargetReport) -> dict[str | None, list[CheckResult]]:
-    """The target's results per address; a result of no address (a check that opens no
-    connection of its own, such as mx or autodiscover, judged once for the whole target)
-    counts for every address."""
+    """A target's results per address; a lookup probe's (autodiscover, mx: no address,
+    it asked DNS for the target as a whole) count at every address of the target."""
     by_addr: dict[str | None, list[CheckResult]] = {}
+    shared = [r for r in t.results if r.address is None]
+    for a in t.addresses:
+        by_addr[a] = list(shared)
     for r in t.results:
-        by_addr.setdefault(r.address, []).append(r)
-    shared = by_addr.pop(None, [])
-    return {a: [*by_addr.get(a, []), *shared] for a in t.addresses}
+        if r.address is not None:
+            by_addr.setdefault(r.address, []).append(r)
+    return by_addr
 
 
 def evaluate_target(
@@ -126,6 +128,7 @@ class Atom:
     upstream: CheckResult | None = None  # the failed endpoint-mapper check behind it
     broken: tuple[CheckResult, ...] = ()  # the failed results (for "open port" hints)
     off: str | None = None  # a service shipped switched off: "not-enabled" or "unknown"
+    where: str = ""  # another role's host it was judged at: "dc 10.0.0.9"
 
     @property
     def state(self) -> str:
@@ -153,7 +156,8 @@ def hop_text(r: CheckResult) -> str:
 def _port_text(r: CheckResult) -> str:
     status = r.status.value
     if r.status is Status.SUCCESS:
-        return f"{r.port} open"
+        # A lookup probe (autodiscover, mx) has no port of its own: its message says it.
+        return f"{r.port} open" if r.address is not None or not r.message else _short(r.message)
     if r.status is Status.DNS_ERROR:
         return "name did not resolve (dns-error)"
     if r.status is Status.SKIPPED:
@@ -328,7 +332,7 @@ def evaluate_scenario(
         carriers = [next(a for a in g if a.ok) for g in groups]
         reason = f"{s.title} works"
         if all_atoms:
-            reason += ": " + ", ".join(a.text for a in all_atoms)
+            reason += ": " + ", ".join(_texts(all_atoms))
         vias = [f"via {c.short}" for c, g in zip(carriers, groups, strict=True) if len(g) > 1]
         singles = [c.text for c, g in zip(carriers, groups, strict=True) if len(g) == 1]
         if singles:
@@ -352,20 +356,20 @@ def evaluate_scenario(
         )
 
     parts = _failure_parts(failed_all)
-    parts += [" and ".join(a.text for a in g) for g in failed_groups]
+    parts += [" and ".join(_texts(g)) for g in failed_groups]
     breaking = [*failed_all, *(a for g in failed_groups for a in g)]
     verdict = _failure_verdict(failed_all, failed_groups)
     if verdict == "fail":
         reason = f"{s.title} fails: " + "; ".join(parts)
         hints = _hints(s, address, failed_all, failed_groups, j)
     else:
-        off = _and([f"{c}.enabled" for c in _unique(a.req.check for a in breaking)])
+        off = " or ".join(f"--set {c}.enabled=true" for c in _unique(a.req.check for a in breaking))
         if verdict == "not-enabled":
             why = "nothing listens, and the profile marks the service off by default"
         else:
             why = "cannot tell whether the service is enabled (the profile marks it off by default)"
         reason = f"{s.title}: {verdict}: " + "; ".join(parts) + f"; {why}"
-        hints = (f"If the service should be on, say so with --set {off}=true.",)
+        hints = (f"If the service should be on, say so with {off}.",)
     return ScenarioVerdict(
         id=s.id,
         title=s.title,
@@ -377,6 +381,17 @@ def evaluate_scenario(
         hints=hints,
         warnings=warnings,
     )
+
+
+def _texts(atoms: Sequence[Atom]) -> list[str]:
+    """Each atom's text, the host of another role named once before a run of its atoms:
+    "389 open, dc 10.0.0.9: 3268 open, 88 open"."""
+    out: list[str] = []
+    last = ""
+    for a in atoms:
+        out.append(f"{a.where}: {a.text}" if a.where and a.where != last else a.text)
+        last = a.where
+    return out
 
 
 def _failure_verdict(failed_all: list[Atom], failed_groups: list[list[Atom]]) -> str:
@@ -446,8 +461,11 @@ class _Site:
                 parts.append((where, res.atom(req)))
         failed = [(w, a) for w, a in parts if not a.ok]
         shown = failed or parts
-        text = ", ".join(f"{role} {w}: {a.text}" for w, a in shown)
         first = shown[0][1]
+        if len(shown) == 1:
+            where, text = f"{role} {shown[0][0]}", first.text
+        else:
+            where, text = role, ", ".join(f"{w}: {a.text}" for w, a in shown)
         return Atom(
             req,
             not failed,
@@ -458,6 +476,7 @@ class _Site:
             first.kind if failed else None,
             upstream=first.upstream if failed else None,
             broken=tuple(r for _, a in failed for r in a.broken),
+            where=where,
         )
 
 
@@ -489,6 +508,8 @@ def _failure_parts(failed: list[Atom]) -> list[str]:
             upstream[a.req.check] = a.upstream
     parts: list[str] = []
     done: set[str] = set()
+    done_texts: set[tuple[str, str]] = set()
+    last = ""
     for a in failed:
         check = a.req.check
         if check in upstream:
@@ -497,12 +518,17 @@ def _failure_parts(failed: list[Atom]) -> list[str]:
             done.add(check)
             names = behind[check]
             verb = "listens" if len(names) == 1 else "listen"
-            parts.append(
+            text = (
                 f"{hop_text(upstream[check])}: the endpoint mapper cannot be asked"
                 f" where the {_and(names)} {verb}"
             )
         else:
-            parts.append(a.text)
+            text = a.text
+        if (a.where, text) in done_texts:  # two checks of one unresolved host fail alike
+            continue
+        done_texts.add((a.where, text))
+        parts.append(f"{a.where}: {text}" if a.where and a.where != last else text)
+        last = a.where
     return parts
 
 

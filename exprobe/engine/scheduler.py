@@ -3,7 +3,8 @@
 The scheduler knows no protocol.  It bounds work globally (`concurrency`), per address
 (`per_host`) and in new connections per second (`rate`), pulls checks lazily from an
 iterator (so a /16 never sits in memory as 65,536 objects), and feeds follow-up checks
-that a result asks for (the endpoint mapper's ports) back into the queue.
+that a result asks for (the endpoint mapper's ports) back into the queue; a follow-up
+asked for on an ancestor's behalf (lb-pool's members) is queued once.
 
 Cheap per check, because a sweep runs tens of thousands a second: a worker takes the
 next check, runs it and hands the outcome to a plain callback (no queue, no extra task
@@ -89,6 +90,9 @@ class Pool:
         self._park_cap = max(256, 4 * self._concurrency)
         self._handoff: collections.deque[CheckSpec] = collections.deque()  # slot held
         self._derived: collections.deque[CheckSpec] = collections.deque()
+        # Checks derived on an ancestor's behalf (lb-pool's members, which every answer
+        # from the VIP may name): queued once per (address or target, id).
+        self._on_behalf: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._live = 0
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -157,6 +161,18 @@ class Pool:
         else:
             del self._inflight[key]
 
+    def _queue_derived(self, outcome: Outcome) -> None:
+        """Queue what a check derived.  A check derived on behalf of another than the one
+        deriving it (siblings may all ask for it) runs once per address and id."""
+        own = outcome.result.id
+        for check in outcome.derived:
+            if check.parent is not None and check.parent != own:
+                key = (check.address or check.target, check.id)
+                if key in self._on_behalf:
+                    continue
+                self._on_behalf.add(key)
+            self._derived.append(check)
+
     def _spawn(self, limit: int | None = None) -> None:
         room = self._concurrency - self._live
         if room <= 0:
@@ -189,7 +205,7 @@ class Pool:
                 finally:
                     self._release(key)
                 if outcome.derived:
-                    self._derived.extend(outcome.derived)
+                    self._queue_derived(outcome)
                 self._sink(outcome)
                 if self._live < self._concurrency:
                     self._spawn()

@@ -23,6 +23,7 @@ from exprobe.net.dns import Resolver
 from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec
 from exprobe.result import CheckResult, RunReport, TargetReport, now_iso
+from exprobe.status import Status
 from exprobe.targets import Resolved, Target, resolve, resolve_literal
 
 ResultSink = Callable[[CheckResult], None]
@@ -109,6 +110,8 @@ class Session:
                     on_result(r)
                 if keep:
                     by_key[(r.address, r.id) if r.address else (r.target, r.id)] = r
+                elif not r.ok and r.status is not Status.SKIPPED:
+                    rep.streamed_failures += 1
 
             def checks() -> Iterator[CheckSpec]:
                 return plan(

@@ -23,6 +23,7 @@ PROBE_MODULES = (
     "http",
     "tls",
     "autodiscover",
+    "lbpool",
     "mx",
     "kerberos",
     "smb",
@@ -35,6 +36,9 @@ _MODULE_OF = {
     "msrpc-bind": "msrpc",
     "exchange-http": "http",
     "ldap-gc": "ldap",
+    "lb-pool": "lbpool",
+    "lb-healthcheck": "lbpool",
+    "lb-member": "lbpool",
 }
 
 _loaded = False

@@ -100,7 +100,7 @@ def _derived(ctx: ProbeContext, params: MxParams, info: dict[str, Any], address:
 def summarise(result: CheckResult, kids: list[CheckResult]) -> CheckResult:
     """The MX check restated from its exchangers' checks: mail gets in when one accepts."""
     hosts = [dict(h) for h in result.facts.get("exchangers", [])]
-    if not hosts:
+    if not hosts or not result.ok:  # the lookups themselves failed: nothing to restate
         return result
     ok: list[str] = []
     bad: list[str] = []

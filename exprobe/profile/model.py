@@ -21,7 +21,7 @@ PRIMARY_ROLE = "exchange"  # the role of targets given without a `role=` label
 # Endpoint-mapper components a `msrpc-epm` check can derive follow-up checks for.
 COMPONENTS = ("ds", "is", "mta", "sa")
 COMPONENT_NAMES = {"ds": "DS", "is": "IS", "mta": "MTA", "sa": "System Attendant",
-                   "other": "the interfaces asked for"}  # fmt: skip
+                   "other": "RPC interface"}  # fmt: skip
 OTHER = "other"  # the component of the extra `interfaces` an endpoint-mapper check maps
 
 # Failure kinds a hint can be restricted to (`on = [...]`): every failing status, plus

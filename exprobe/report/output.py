@@ -41,26 +41,31 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def emit(text: str, path: str | None) -> None:
+    """The report to `path` (atomically) or to stdout, ending with a newline."""
     if path:
         write_atomic(path, text)
-        return
-    if not text.endswith("\n"):
-        text += "\n"
+    else:
+        write_stdout(text if text.endswith("\n") else text + "\n")
+
+
+def write_stdout(text: str) -> None:
+    """All of `text` to stdout, however large.
+
+    With PYTHONUNBUFFERED=1 (common in containers) sys.stdout writes straight to the file
+    descriptor and takes a short write to a pipe as done: a 200 kB report through a pipe
+    came out cut at 64 kB.  So the bytes go to the descriptor in a loop, waiting while a
+    non-blocking pipe is full; stdout without a descriptor (a test's capture) gets a
+    plain write.
+    """
+    stream = sys.stdout
     try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a stream of no descriptor (tests)
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        stream.write(text)
+        stream.flush()
         return
-    sys.stdout.flush()
-    write_all(fd, text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """`data` to `fd`, all of it.  After a uvloop loop has run, a write into a full pipe
-    can return short once, and Python's stdout then drops the rest without a word
-    (`exprobe run --format json | slow-reader` got 64 KiB of a larger report)."""
-    view = memoryview(data)
+    stream.flush()
+    view = memoryview(text.encode(stream.encoding or "utf-8", "replace"))
     while view:
         try:
             n = os.write(fd, view)

@@ -224,9 +224,11 @@ def render_table(report: RunReport, console: Console, *, verbose: bool = False) 
             console.print(Text(f"{printable(t.target)}: {printable(t.error)}", style="magenta"))
     s = report.summary()
     parts = [f"{n} {k}" for k, n in s["by_status"].items()]
-    line = f"{s['checks']} checks on {s['addresses']} addresses: " + ", ".join(parts)
+    line = f"{s['checks']} checks on {s['addresses']} addresses"
+    if parts:
+        line += ": " + ", ".join(parts)
     if "scenarios" in s:
-        line += f"; scenarios {s['scenarios']['pass']} pass, {s['scenarios']['fail']} fail"
+        line += "; scenarios " + ", ".join(f"{n} {k}" for k, n in s["scenarios"].items())
     if report.interrupted:
         line += " (interrupted)"
     console.print(Text(line, style="dim"))

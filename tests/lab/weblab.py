@@ -20,6 +20,22 @@ mail.corp.example unless noted):
 | 4435 | TLS proxy to EX1 that replaces WWW-Authenticate with its own Basic (auth offload) |
 | 4436 | TLS proxy to EX1 with another certificate (an SSL-inspecting middlebox) |
 | 4437 | TLS proxy to EX1, but nftables in xpweb-srv rejects it with a TCP reset |
+| 4438 | TLS pool of the members EX1 and EX2, re-encrypted with the same certificate |
+| 4439 | TLS pool of EX1 and EX2 with the load balancer's own certificate (SSL offloading) |
+| 4440 | TLS pool of the members EX1 and EX3, re-encrypted; EX3's owa is offline (503) |
+| 4441 | TLS pool of EX1 and EX4, whose FQDN (ex4.corp.example) is in no DNS |
+
+The members, asked directly (nginx in front of each backend, the VIP's certificate on 443,
+plain HTTP on 80), and DNS for their FQDNs (dnsmasq, zone corp.example, A and AAAA):
+
+| member | addresses | backend |
+|---|---|---|
+| ex1.corp.example | 10.252.0.11, fd00:e7::11 | EX1 (127.0.0.1:8081) |
+| ex2.corp.example | 10.252.0.12, fd00:e7::12 | EX2 (127.0.0.1:8082) |
+| ex3.corp.example | 10.252.0.13, fd00:e7::13 | EX3 (127.0.0.1:8083; healthcheck of owa 503) |
+| (DNS) | 10.252.0.53, fd00:e7::53 | dnsmasq |
+
+EX4 (127.0.0.1:8084, ex4.corp.example) is reachable only through 4441.
 
 Command line (root):  python -m tests.lab.weblab up|down
 """
@@ -49,10 +65,16 @@ NS = {"cli": "xpweb-cli", "srv": "xpweb-srv"}
 SERVER = {4: "10.252.0.2", 6: "fd00:e7::2"}
 CLIENT = {4: "10.252.0.1", 6: "fd00:e7::1"}
 NAME = "mail.corp.example"
-BACKENDS = {"EX1": 8081, "EX2": 8082}
+BACKENDS = {"EX1": 8081, "EX2": 8082, "EX3": 8083, "EX4": 8084}
+OFFLINE = {"EX3": "owa"}  # the vdirs whose healthcheck.htm answers 503
+MEMBERS = {"EX1": {4: "10.252.0.11", 6: "fd00:e7::11"},
+           "EX2": {4: "10.252.0.12", 6: "fd00:e7::12"},
+           "EX3": {4: "10.252.0.13", 6: "fd00:e7::13"}}  # fmt: skip
+DNS = {4: "10.252.0.53", 6: "fd00:e7::53"}
 BUILD = "15.2.1544.4"
 PORTS = {"plain": 80, "ex1": 443, "ex2": 4432, "pool": 4430, "refuse": 4433, "waf": 4434,
-         "strip": 4435, "inspect": 4436, "reset": 4437}  # fmt: skip
+         "strip": 4435, "inspect": 4436, "reset": 4437, "reencrypt": 4438, "offload": 4439,
+         "offline": 4440, "ghost": 4441}  # fmt: skip
 ROOT = Path(__file__).resolve().parents[2]
 
 LOGIN_PAGE = (
@@ -77,10 +99,22 @@ def ns_argv(node: str, argv: Sequence[str]) -> list[str]:
 def _nginx_conf(d: Path) -> str:
     tls = f"ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;"
     other = f"ssl_certificate {d}/other.pem; ssl_certificate_key {d}/other-key.pem;"
+    lb = f"ssl_certificate {d}/lb.pem; ssl_certificate_key {d}/lb-key.pem;"
     proxy = (
         "proxy_http_version 1.1; proxy_set_header Connection \"\"; "
         "proxy_set_header Host $host; proxy_pass http://{up};"
     )
+    reencrypt = proxy.replace("http://", "https://")
+
+    def member(name: str) -> str:
+        a4, a6 = MEMBERS[name][4], MEMBERS[name][6]
+        up = "location / { " + proxy.format(up=name.lower()) + " }"
+        return (f"server {{ listen {a4}:443 ssl; listen [{a6}]:443 ssl; server_name {NAME};"
+                f" {tls} {up} }}\n"
+                f"server {{ listen {a4}:80; listen [{a6}]:80; {up} }}\n")  # fmt: skip
+
+    def upstream(name: str, servers: list[str]) -> str:
+        return f"upstream {name} {{ {' '.join(f'server {s};' for s in servers)} }}\n"
 
     def server(port: int, body: str, *, cert: str = tls, ssl_on: bool = True) -> str:
         listen = f"listen {SERVER[4]}:{port}{' ssl' if ssl_on else ''}; " \
@@ -92,6 +126,15 @@ def _nginx_conf(d: Path) -> str:
         f"upstream ex1 {{ server 127.0.0.1:{BACKENDS['EX1']}; }}\n"
         f"upstream ex2 {{ server 127.0.0.1:{BACKENDS['EX2']}; }}\n"
         f"upstream pool {{ server 127.0.0.1:{BACKENDS['EX1']}; server 127.0.0.1:{BACKENDS['EX2']}; }}\n"
+        + upstream("ex3", [f"127.0.0.1:{BACKENDS['EX3']}"])
+        + upstream("members", [f"{MEMBERS['EX1'][4]}:443", f"{MEMBERS['EX2'][4]}:443"])
+        + upstream("offline", [f"{MEMBERS['EX1'][4]}:443", f"{MEMBERS['EX3'][4]}:443"])
+        + upstream("ghost", [f"127.0.0.1:{BACKENDS['EX1']}", f"127.0.0.1:{BACKENDS['EX4']}"])
+        + member("EX1") + member("EX2") + member("EX3")
+        + server(PORTS["reencrypt"], "location / { " + reencrypt.format(up="members") + " }")
+        + server(PORTS["offload"], "location / { " + proxy.format(up="pool") + " }", cert=lb)
+        + server(PORTS["offline"], "location / { " + reencrypt.format(up="offline") + " }")
+        + server(PORTS["ghost"], "location / { " + proxy.format(up="ghost") + " }")
         + server(PORTS["plain"], ex1, ssl_on=False)
         + server(PORTS["ex1"], ex1)
         + server(PORTS["ex2"], "location / { " + proxy.format(up="ex2") + " }")
@@ -172,6 +215,7 @@ class WebLab:
     ca_pem: Path | None = None
     cert_sha256: str = ""
     other_sha256: str = ""
+    lb_sha256: str = ""
 
     def up(self) -> None:
         self.lock.acquire()  # held until down()
@@ -182,9 +226,11 @@ class WebLab:
             for name, port in BACKENDS.items():
                 self._start([sys.executable, "-m", "tests.peers.exchange_http", "--listen",
                              "127.0.0.1", "--port", str(port), "--name", name,
-                             "--domain", "corp.example", "--build", BUILD], ready=True)  # fmt: skip
+                             "--domain", "corp.example", "--build", BUILD,
+                             "--offline", OFFLINE.get(name, "")], ready=True)  # fmt: skip
             self._nginx()
             self._firewall()
+            self._dns()
         except BaseException:
             self.down()
             raise
@@ -201,6 +247,28 @@ class WebLab:
             _run(["ip", "-n", NS[node], "addr", "add", f"{addr4}/24", "dev", dev])
             _run(["ip", "-n", NS[node], "-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad"])
             _run(["ip", "-n", NS[node], "link", "set", dev, "up"])
+        for addrs in (*MEMBERS.values(), DNS):
+            _run(["ip", "-n", NS["srv"], "addr", "add", f"{addrs[4]}/24", "dev", "xpweb1"])
+            _run(["ip", "-n", NS["srv"], "-6", "addr", "add", f"{addrs[6]}/64", "dev", "xpweb1",
+                  "nodad"])  # fmt: skip
+
+    def _dns(self) -> None:
+        """dnsmasq, authoritative for corp.example: the members' A and AAAA records."""
+        assert self.dir is not None
+        records = [f"--host-record={name.lower()}.corp.example,{a[4]},{a[6]}"
+                   for name, a in MEMBERS.items()]  # fmt: skip
+        self._start(["dnsmasq", "--no-resolv", "--no-hosts", "--keep-in-foreground",
+                     "--bind-interfaces", "--user=root", "--local=/corp.example/",
+                     "--log-facility=-", "--conf-file=/dev/null", f"--listen-address={DNS[4]}",
+                     f"--listen-address={DNS[6]}", f"--pid-file={self.dir}/dnsmasq.pid",
+                     *records], ready=False)  # fmt: skip
+        probe = ("import dns.resolver as r; x=r.Resolver(configure=False);"
+                 f"x.nameservers=['{DNS[4]}']; x.lifetime=1; x.resolve('ex1.corp.example','A')")
+        deadline = time.monotonic() + 10
+        while run_in(NS["cli"], [sys.executable, "-c", probe], 15).returncode != 0:
+            if time.monotonic() > deadline:
+                raise WebLabError(f"dnsmasq on {DNS[4]} does not answer")
+            time.sleep(0.1)
 
     def _certs(self) -> None:
         import trustme
@@ -208,12 +276,12 @@ class WebLab:
         self.dir = Path(tempfile.mkdtemp(prefix="xpweb-"))
         self.dir.chmod(0o755)
         ca = trustme.CA()
-        self.cert_sha256 = issue_cert(
-            ca, self.dir, "cert.pem", "key.pem", [NAME, SERVER[4], SERVER[6]]
-        )
-        self.other_sha256 = issue_cert(
-            trustme.CA(), self.dir, "other.pem", "other-key.pem", [NAME]
-        )
+        # cert: the VIP's and the members'; other: another CA's (an inspecting middlebox);
+        # lb: the same CA, another key (a load balancer with a certificate of its own).
+        web = [NAME, SERVER[4], SERVER[6]]
+        self.cert_sha256 = issue_cert(ca, self.dir, "cert.pem", "key.pem", web)
+        self.other_sha256 = issue_cert(trustme.CA(), self.dir, "other.pem", "other-key.pem", [NAME])
+        self.lb_sha256 = issue_cert(ca, self.dir, "lb.pem", "lb-key.pem", web)
         self.ca_pem = self.dir / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_pem))
 

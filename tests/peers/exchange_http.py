@@ -3,7 +3,8 @@
 Only Exchange's own answers are scripted (research note §b): the 302 of /owa/ and /ecp/
 to the OWA logon, the 401s with each vdir's schemes, the NTLM CHALLENGE naming this server
 (built by `exprobe.wire.ntlm.encode_challenge`), MAPI/HTTP and RPC/HTTP 401s, the Exchange
-headers, and `healthcheck.htm` with the server's FQDN.  Keep-alive as IIS does.
+headers, and `healthcheck.htm` with the server's FQDN (503 for the vdirs `--offline`
+names, as when Managed Availability takes a protocol offline).  Keep-alive as IIS does.
 
 Command line:  python -m tests.peers.exchange_http --listen 10.252.0.2 --port 8081 \\
                    --name EX1 --domain corp.example [--build 15.2.1544.4]
@@ -25,8 +26,10 @@ WINDOWS = ("/autodiscover/", "/ews/", "/mapi/", "/oab/", "/rpc/")
 
 
 class Exchange:
-    def __init__(self, name: str, domain: str, build: str, skew_s: float = 0.0) -> None:
+    def __init__(self, name: str, domain: str, build: str, skew_s: float = 0.0,
+                 offline: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.name = name.upper()
+        self.offline = tuple(o.lower() for o in offline)
         self.fqdn = f"{name.lower()}.{domain}"
         self.domain = domain
         self.build = build
@@ -59,6 +62,8 @@ class Exchange:
         auth = dict((k.lower(), v) for k, v in req.headers).get(b"authorization", b"").decode()
         hdrs = self.headers()
         if path.endswith("/healthcheck.htm"):
+            if path.split("/")[1] in self.offline:  # Managed Availability took it offline
+                return 503, [*hdrs, ("Content-Type", "text/html")], b"<html>Service Unavailable</html>"
             return 200, [*hdrs, ("Content-Type", "text/html")], f"200 OK<br/>{self.fqdn}".encode()
         if path.startswith(("/owa", "/ecp")) and not path.startswith("/owa/auth"):
             loc = f"https://{self.fqdn}/owa/auth/logon.aspx?url=https%3a%2f%2f{self.fqdn}{target}&reason=0"
@@ -126,7 +131,8 @@ async def serve_conn(ex: Exchange, reader: asyncio.StreamReader, writer: asyncio
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    ex = Exchange(args.name, args.domain, args.build, args.skew)
+    offline = tuple(o for o in args.offline.split(",") if o)
+    ex = Exchange(args.name, args.domain, args.build, args.skew, offline)
     server = await asyncio.start_server(
         lambda r, w: serve_conn(ex, r, w), args.listen, args.port, reuse_address=True
     )
@@ -143,6 +149,7 @@ def main() -> None:
     ap.add_argument("--domain", default="corp.example")
     ap.add_argument("--build", default="15.2.1544.4")
     ap.add_argument("--skew", type=float, default=0.0)
+    ap.add_argument("--offline", default="", help="vdirs whose healthcheck.htm answers 503")
     asyncio.run(main_async(ap.parse_args()))
 
 
