@@ -19,9 +19,9 @@ The exchange2019 runs run under every rule set, the Edge's under `open` and
 Every verdict is asserted; a verdict other than pass also with its exact reason (naming the
 breaking check and port) and hints, a pass with its "works" reason.  What the lab cannot be:
 real postfix has no X-EXPS/X-ANONYMOUSTLS, so intra-org-transport passes with the
-profile's warning about them (asserted); exchange2019 has no lb-pool scenario, so SSL
-offloading on the VIP shows in a verdict only through a pinned certificate (owa's
-expect_cert_sha256, as a user would pin it).
+profile's warning about them (asserted).  SSL offloading on the VIP is lb-pool's warning
+(its verdict stays pass: the members answer), and a failed owa when the user pins the
+members' certificate (owa's expect_cert_sha256).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.lab
 MBX1 = f"mbx1.{DOMAIN}"
 ROLES = ("dc=dc1.ad.lab.test", "witness=dc1.ad.lab.test", f"edge=edge.{DOMAIN}")
 HTTPS = ("autodiscover", "owa", "outlook-mapihttp", "outlook-anywhere", "ews", "activesync",
-         "oab", "tls-policy")  # fmt: skip
+         "oab", "tls-policy", "lb-pool")  # fmt: skip
 FAMILY = {a: f for node in ADDR for f, a in ADDR[node].items()}
 
 
@@ -96,7 +96,7 @@ TITLES = {
     "edge-subscription": "Edge subscription (Mailbox to Edge)",
     "intra-org-transport": "Transport between Mailbox servers",
     "backend-proxy": "Frontend to backend proxy (444)", "dag": "DAG replication",
-    "directory": "Exchange to its domain controllers",
+    "directory": "Exchange to its domain controllers", "lb-pool": "Load-balancer pool",
     "internet-to-edge": "Internet mail to the Edge",
     "hybrid-inbound": "Exchange Online to on-premises (hybrid)",
     "hybrid-outbound": "On-premises to Exchange Online (hybrid)",
@@ -104,22 +104,22 @@ TITLES = {
 
 POP3 = ("not-enabled", "POP3 clients: not-enabled: 995 refused (connection-refused) and 110 "
         "refused (connection-refused); nothing listens, and the profile marks the service off "
-        "by default", ["If the service should be on, say so with --set pop3s.enabled and "
-                       "pop3.enabled=true."])  # fmt: skip
+        "by default", ["If the service should be on, say so with --set pop3s.enabled=true or "
+                       "--set pop3.enabled=true."])  # fmt: skip
 IMAP4 = ("not-enabled", "IMAP4 clients: not-enabled: 993 refused (connection-refused) and 143 "
          "refused (connection-refused); nothing listens, and the profile marks the service off "
-         "by default", ["If the service should be on, say so with --set imaps.enabled and "
-                        "imap.enabled=true."])  # fmt: skip
+         "by default", ["If the service should be on, say so with --set imaps.enabled=true or "
+                        "--set imap.enabled=true."])  # fmt: skip
 PASS = ("pass", None, [])
 CLIENT = ("autodiscover", "owa", "outlook-mapihttp", "outlook-anywhere", "ews", "activesync",
-          "oab", "smtp-submission", "pop3", "imap4", "tls-policy")  # fmt: skip
+          "oab", "smtp-submission", "pop3", "imap4", "tls-policy", "lb-pool")  # fmt: skip
 Expected = tuple[str, str | None, list[str]]  # verdict, reason (None: "works"), hints
 
 # Under `open`: every scenario of every run, in the report's order.
 OPEN: dict[str, dict[str, Expected]] = {
     "client": {s: POP3 if s == "pop3" else IMAP4 if s == "imap4" else PASS for s in CLIENT},
     "internet": {s: POP3 if s == "pop3" else IMAP4 if s == "imap4" else PASS
-                 for s in (*CLIENT[:7], "pop3", "imap4", "inbound-mail", "tls-policy")},
+                 for s in (*CLIENT[:7], "pop3", "imap4", "inbound-mail", "tls-policy", "lb-pool")},
     "admin": {"remote-shell": PASS},
     "dmz": {"edge-to-mailbox": PASS},
     "mbx": {s: PASS for s in ("edge-subscription", "intra-org-transport", "backend-proxy",
@@ -140,6 +140,11 @@ MAPI_HINT = ("The path to /mapi/ does not reach Exchange as it should: publish /
 EDGESYNC_HINT = ("EdgeSync cannot replicate: open TCP 50636 from every Mailbox server of the "
                  "subscribed site to the Edge Transport server. (https://learn.microsoft.com/"
                  "exchange/architecture/edge-transport-servers/edge-subscriptions)")  # fmt: skip
+LB_HINT = ("A member answers healthcheck.htm with an error, or not at all: Managed Availability "
+           "has taken that protocol offline there, or the member is down. The load balancer "
+           "should probe /<vdir>/healthcheck.htm per virtual directory (layer 7) and take the "
+           "member out. (https://learn.microsoft.com/exchange/architecture/client-access/"
+           "load-balancing)")  # fmt: skip
 PORTS_DOC = "(https://learn.microsoft.com/exchange/plan-and-deploy/deployment-ref/network-ports)"
 
 
@@ -148,8 +153,10 @@ def _unsupported(port: int, dest: list[str], doc_hint: str) -> list[str]:
             "this path must not be filtered at all." for d in dest] + [doc_hint]  # fmt: skip
 
 
-def _filtered(prefix: str, node: str, port: int) -> str:
-    return ", ".join(f"{prefix}{ADDR[node][f]}: {port} filtered (connection-timeout)" for f in (4, 6))
+def _filtered(role: str, node: str, port: int) -> str:
+    return f"{role}: " + ", ".join(
+        f"{ADDR[node][f]}: {port} filtered (connection-timeout)" for f in (4, 6)
+    )
 
 
 # What each rule set changes: (run, scenario) -> verdict, reason, hints ({addr}: the
@@ -160,6 +167,10 @@ CHANGES: dict[str, dict[tuple[str, str], Expected]] = {
         f"Outlook (MAPI over HTTP) fails: 443 open, request failed ({NOT_EXCHANGE} POST "
         "/mapi/emsmdb/ answered 403 without any Exchange header); 443 open, request failed "
         f"({NOT_EXCHANGE} POST /mapi/nspi/ answered 403 without any Exchange header)"), [MAPI_HINT])
+        for run in ("client", "internet")} | {(run, "lb-pool"): ("fail", (
+        # The proxy's rule for /mapi/ covers /mapi/healthcheck.htm too.
+        "Load-balancer pool fails: 443 open, members failed (application-error: mapi: MBX1 "
+        "(mbx1.xlab.example) answers HTTP 403 Forbidden when asked directly (…)"), [LB_HINT])
         for run in ("client", "internet")},
     "rpc-verbs-refused": {(run, "outlook-anywhere"): ("fail", (
         f"Outlook Anywhere (RPC over HTTP) fails: 443 open, request failed ({NOT_EXCHANGE} "
@@ -175,14 +186,14 @@ CHANGES: dict[str, dict[tuple[str, str], Expected]] = {
         "Microsoft does not support restricting or altering traffic between Exchange servers: "
         f"remove the filter or inspection between the Mailbox servers. {PORTS_DOC}")))},
     "3268-dropped": {("mbx", "directory"): ("fail", (
-        "Exchange to its domain controllers fails: " + _filtered("dc ", "dc", 3268)),
+        "Exchange to its domain controllers fails: " + _filtered("dc", "dc", 3268)),
         _unsupported(3268, list(ADDR["dc"].values()), (
             "Microsoft does not support restricting traffic between Exchange and Active "
             "Directory: remove the filter between the Exchange server and its domain "
             f"controllers. {PORTS_DOC}")))},
     # Mailbox to Edge: filtering is expected there, the hint says open the port.
     "50636-dropped": {("mbx", "edge-subscription"): ("fail", (
-        "Edge subscription (Mailbox to Edge) fails: " + _filtered("edge ", "edge", 50636)), [
+        "Edge subscription (Mailbox to Edge) fails: " + _filtered("edge", "edge", 50636)), [
         *(f"Open TCP 50636 from another Exchange Mailbox server to {a}." for a in ADDR["edge"].values()),
         EDGESYNC_HINT]), ("edge-mbx", "edge-subscription"): ("fail", (
         "Edge subscription (Mailbox to Edge) fails: 50636 filtered (connection-timeout); also "
@@ -268,6 +279,23 @@ def test_verdicts(reports: dict[str, dict[str, tuple[int, Report]]], rules: str,
         assert v["hints"] == [h.format(addr=v["address"]) for h in hints], where
     # The exit code: 1 when a scenario fails, 0 when none does (not-enabled is no failure).
     assert code == (1 if any(v["verdict"] == "fail" for v in seen) else 0)
+
+
+def test_lb_pool_names_ssl_offloading_on_the_vip(
+    xlab: XLab, reports: dict[str, dict[str, tuple[int, Report]]]
+) -> None:
+    # The pool passes (both members answer), with the warning the issue asks for: the
+    # VIP's certificate is not the members', TLS ends on the load balancer.
+    offload = (
+        "443: SSL offloading suspected: the VIP presents CN=mail.xlab.example (sha256 "
+        f"{xlab.sha256['offload'][:16]}...) but directly EX1 (ex1.xlab.example) and EX2 "
+        f"(ex2.xlab.example) CN=mail.xlab.example (sha256 {xlab.sha256['mail'][:16]}...). SSL "
+        "offloading breaks Extended Protection, which Exchange 2019 CU14 and later enable at "
+        "setup (CSS-Exchange Emerging-Issues)"
+    )
+    for rules, warnings in (("open", []), ("ssl-offload", [offload])):
+        pools = [v for v in verdicts(reports[rules]["vip"][1], NAME) if v["id"] == "lb-pool"]
+        assert [(v["verdict"], v["warnings"]) for v in pools] == [("pass", warnings)] * 2
 
 
 def test_every_rule_set_breaks_a_scenario_of_its_own() -> None:
