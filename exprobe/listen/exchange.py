@@ -16,9 +16,9 @@ for Exchange 2013 and later) and the scripted Exchange backends of the lab tests
 - `/<vdir>/healthcheck.htm` → `200 OK<br/>FQDN` (503 for a vdir taken offline);
 - every answer carries `X-FEServer` (NetBIOS name) and `X-OWA-Version` (the build).
 
-Port 80 (`answer_plain`): `/PowerShell/` → 401 `Negotiate`, `Kerberos` (remote shell, no
-TLS); health pages as on 443; everything else → 302 to `https://FQDN<same path>`, which is
-the Autodiscover HTTP-redirect method (§b.2).
+`/PowerShell/` → 401 `Negotiate`, `Kerberos` (the remote shell; its vdir needs no TLS).
+Port 80 (`answer_plain`): `/PowerShell/` and the health pages as on 443; everything else
+→ 302 to `https://FQDN<same path>`, which is the Autodiscover HTTP-redirect method (§b.2).
 
 `refused` path prefixes play a reverse proxy in front of Exchange that refuses them: 403
 with the proxy's own HTML page and no Exchange header (what `exchange-http` calls
@@ -180,6 +180,9 @@ class ExchangeSite:
             return Answer(401, (*hdrs, ("WWW-Authenticate", f'Basic realm="{self.fqdn}"')))
         if path.startswith(WINDOWS):
             return self._windows(req, path, hdrs)
+        if path.startswith("/powershell"):  # the vdir needs no SSL: the same on 80 and 443
+            schemes = (("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", "Kerberos"))
+            return Answer(401, (*hdrs, *schemes), note="remote shell")
         body = b"<html><body>404 Not Found</body></html>"
         return Answer(404, (*hdrs, ("Content-Type", "text/html")), body)
 
@@ -210,12 +213,8 @@ class ExchangeSite:
     def answer_plain(self, req: Request) -> Answer:
         """The answer of the plain HTTP site (80) to `req`."""
         path = req.path
-        hdrs = self.headers()
-        if path.endswith("/healthcheck.htm"):
+        if path.endswith("/healthcheck.htm") or path.startswith("/powershell"):
             return self.answer(req)
-        if path.startswith("/powershell"):
-            schemes = (("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", "Kerberos"))
-            return Answer(401, (*hdrs, *schemes), note="remote shell")
         loc = f"https://{self.fqdn}{req.target}"
         return Answer(302, (("Server", self.server), ("Location", loc)), note="to HTTPS")
 
