@@ -172,6 +172,39 @@ def test_gc_agrees_with_nmap_ldap_rootdse(adlab: AdLab) -> None:
     assert seen["serverName"] == f["server_name"]
 
 
+def test_gc_agrees_with_ldapsearch(adlab: AdLab) -> None:
+    """`ldapsearch -H ldap://DC:3268`, the rootDSE read anonymously, as the issue names it."""
+    proc = adlab.cli(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{DC[4]}:3268", "-b", "",
+                      "-s", "base", "defaultNamingContext", "dnsHostName",
+                      "isGlobalCatalogReady", "supportedSASLMechanisms"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    seen: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            seen.setdefault(key, []).append(value)
+    f = check(adlab, "ldap-gc")["facts"]
+    assert seen["defaultNamingContext"] == [f["default_naming_context"]] == [BASE_DN]
+    assert seen["dnsHostName"] == [f["dns_host_name"]] == [DNS_HOST]
+    assert seen["isGlobalCatalogReady"] == ["TRUE"]
+    assert f["global_catalog_ready"] is True
+    assert sorted(seen["supportedSASLMechanisms"]) == sorted(f["supported_sasl_mechanisms"])
+
+
+def test_smb_agrees_with_smbclient_and_rpcclient(adlab: AdLab) -> None:
+    """Samba's own clients: `smbclient -L -N` lists the DC by its NetBIOS name and
+    `rpcclient -N srvinfo` names it too; exprobe's NTLM identity says the same."""
+    listing = adlab.cli(["smbclient", "-L", f"//{DC[4]}", "-N"], timeout=60)
+    assert "Anonymous login successful" in listing.stdout + listing.stderr
+    servers = dict(re.findall(r"^\s+(\S+)\s+(Samba \S+)$", listing.stdout, re.M))
+    srvinfo = adlab.cli(["rpcclient", "-U", "", "-N", DC[4], "-c", "srvinfo"], timeout=60)
+    assert srvinfo.returncode == 0, srvinfo.stderr
+    (name,) = re.findall(r"^\s+(\S+)\s+Wk Sv", srvinfo.stdout, re.M)
+    ntlm = check(adlab, "smb")["facts"]["ntlm"]
+    assert name == ntlm["netbios_computer"] == HOST
+    assert servers[HOST].startswith("Samba 4.")
+
+
 def test_gc_rejected_is_connection_refused(fw: AdLab) -> None:
     fw.set_rule("reset", 3268)
     r = check(fw, "ldap-gc")

@@ -130,7 +130,7 @@ OPEN: dict[str, dict[str, Expected]] = {
     "hybrid-out": {"hybrid-outbound": PASS},
 }  # fmt: skip
 
-NOT_EXCHANGE = "intercepted: intercepted:"  # the check's message already says "intercepted:"
+NOT_EXCHANGE = "intercepted:"
 MAPI_HINT = ("The path to /mapi/ does not reach Exchange as it should: publish /mapi/ on the "
              "reverse proxy or load balancer, and let the Authorization and WWW-Authenticate "
              "headers through. (https://learn.microsoft.com/exchange/clients/mapi-over-http/"
@@ -138,11 +138,12 @@ MAPI_HINT = ("The path to /mapi/ does not reach Exchange as it should: publish /
 EDGESYNC_HINT = ("EdgeSync cannot replicate: open TCP 50636 from every Mailbox server of the "
                  "subscribed site to the Edge Transport server. (https://learn.microsoft.com/"
                  "exchange/architecture/edge-transport-servers/edge-subscriptions)")  # fmt: skip
-LB_HINT = ("A member answers healthcheck.htm with an error, or not at all: Managed Availability "
-           "has taken that protocol offline there, or the member is down. The load balancer "
-           "should probe /<vdir>/healthcheck.htm per virtual directory (layer 7) and take the "
-           "member out. (https://learn.microsoft.com/exchange/architecture/client-access/"
-           "load-balancing)")  # fmt: skip
+LB_HINT = ("A healthcheck.htm answer through the pool (or from a member directly) is an error, or "
+           "missing: a proxy rule in front of the pool refuses that virtual directory, Managed "
+           "Availability has taken the protocol offline on that member, or the member is down "
+           "(the message says which member and vdir). The load balancer should probe "
+           "/<vdir>/healthcheck.htm per virtual directory (layer 7) and take such a member out. "
+           "(https://learn.microsoft.com/exchange/architecture/client-access/load-balancing)")  # fmt: skip
 PORTS_DOC = "(https://learn.microsoft.com/exchange/plan-and-deploy/deployment-ref/network-ports)"
 
 
@@ -201,8 +202,9 @@ CHANGES: dict[str, dict[tuple[str, str], Expected]] = {
     "ssl-offload": {("vip", "owa"): ("fail", (
         f"Outlook on the web fails: 443 open, certificate failed ({NOT_EXCHANGE} the "
         "certificate is not the server's (SHA-256 differs))"), [
-        "Something that is not Exchange answers for /owa/ (a reverse proxy's or WAF's login "
-        "page): publish /owa/ to Exchange itself, or check the proxy's rule for it."])},
+        "Something that is not Exchange answers for /owa/ (a reverse proxy's or WAF's own page, "
+        "or a certificate that is not the server's: see the warnings): publish /owa/ to Exchange "
+        "itself, or check the proxy's rule and certificate for it."])},
     "587-starttls-stripped": {("client", "smtp-submission"): ("fail", (
         "SMTP client submission fails: 587 open, starttls failed (application-error: STARTTLS "
         "appears to be stripped by a middlebox: STARTTLS was requested but the …); also seen: "

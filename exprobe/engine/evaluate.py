@@ -169,7 +169,10 @@ def _port_text(r: CheckResult) -> str:
         return f"{r.port} refused ({status})"
     if r.port_state is PortState.FILTERED:
         return f"{r.port} filtered ({status})"
-    msg = _short(r.message)
+    msg = r.message
+    if msg.startswith(f"{status}: "):  # "intercepted: ..." would say its status twice
+        msg = msg[len(status) + 2 :]
+    msg = _short(msg)
     if r.port_state is PortState.OPEN:
         step = f", {r.failed_step} failed" if r.failed_step else ""
         return f"{r.port} open{step} ({status}{': ' + msg if msg else ''})"
