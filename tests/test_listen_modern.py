@@ -33,7 +33,13 @@ from exprobe.listen.plan import HttpSite, build_plan
 from exprobe.probes import get as get_probe
 from exprobe.probes.base import Params
 from tests.helpers import ROOT, exprobe, validate_report
-from tests.test_listen_clients import HOST, ThreadedListener, no_responder_errors, unverified
+from tests.test_listen_clients import (
+    HOST,
+    LOOPS,
+    ThreadedListener,
+    no_responder_errors,
+    unverified,
+)
 
 MINI = ROOT / "tests" / "profiles_modern" / "mini2019.toml"
 NAME = "ex1.corp.example"
@@ -56,11 +62,11 @@ MODERN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lst() -> Iterator[ThreadedListener]:
+@pytest.fixture(scope="module", params=LOOPS)
+def lst(request: pytest.FixtureRequest) -> Iterator[ThreadedListener]:
     t = ThreadedListener(
-        MODERN, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME, idle_timeout=2.0,
-        conn_timeout=8.0,
+        MODERN, loop=request.param, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME,
+        idle_timeout=2.0, conn_timeout=8.0,
     )  # fmt: skip
     yield t
     t.close()
