@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,16 +43,43 @@ NMAP_FULL = ["nmap", "-sV", "-Pn", "-n", "-p", str(PORTS["ex1"]), "--script",
              "http-ntlm-info.root=/ews/", SERVER[4]]  # fmt: skip
 
 
-def profile() -> str:
+def profile(full: bool = False) -> str:
+    """The checks; `full` adds a `tls` check listing the versions and, per version up to
+    1.2, the cipher suites (what ssl-enum-ciphers lists)."""
     out = ['schema_version = 1', 'title = "HTTPS checks of one Exchange server"', ""]
+    if full:
+        out += ["[checks.tls]", 'probe = "tls"', f'port = {PORTS["ex1"]}', 'tls = "implicit"',
+                "tls_versions = true", "tls_ciphers = true", ""]  # fmt: skip
     out += ['[checks.ews-ntlm]', 'probe = "http"', f'port = {PORTS["ex1"]}', 'tls = "implicit"',
             'path = "/EWS/Exchange.asmx"', "ntlm = true", ""]  # fmt: skip
     for v in VDIRS:
         out += [f"[checks.{v}]", 'probe = "exchange-http"', f'port = {PORTS["ex1"]}',
                 'tls = "implicit"', f'vdir = "{v}"', ""]  # fmt: skip
-    names = ", ".join(f'"{n}"' for n in ("ews-ntlm", *VDIRS))
+    names = ", ".join(f'"{n}"' for n in ("ews-ntlm", *VDIRS, *(("tls",) if full else ())))
     out += ["[scenarios.https]", 'title = "HTTPS"', f"all = [{names}]"]
     return "\n".join(out) + "\n"
+
+
+def iana_names() -> dict[str, str]:
+    """OpenSSL's cipher names to the IANA names nmap prints."""
+    out = subprocess.run(["openssl", "ciphers", "-stdname", "ALL:@SECLEVEL=0"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    pairs = (line.split(" - ", 1) for line in out.splitlines() if " - " in line)
+    return {rest.split()[0]: std.strip() for std, rest in pairs}
+
+
+def nmap_ciphers(text: str) -> dict[str, list[str]]:
+    """ssl-enum-ciphers' suites per TLS version."""
+    out: dict[str, list[str]] = {}
+    version = None
+    for line in text.splitlines():
+        m = re.match(r"\|\s+TLSv(1\.[0-3]):", line)
+        if m:
+            version = m.group(1)
+            out[version] = []
+        elif version and (m := re.match(r"\|\s+(TLS_[A-Z0-9_]+)", line)):
+            out[version].append(m.group(1))
+    return {v: sorted(s) for v, s in out.items()}
 
 
 def timed(lab: WebLab, argv: list[str]) -> tuple[float, str]:
@@ -94,15 +122,23 @@ def main() -> None:
         _, out = timed(lab, same)
         (one,) = [r for t in json.loads(out)["targets"] for r in t["results"]]
         assert one["facts"]["ntlm"]["dns_computer"] == nmap["DNS_Computer_Name"], one
-        full = [*ours, "--tls-versions"]
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as g:
+            g.write(profile(full=True))
+        full = [sys.executable, "-m", "exprobe", "run", SERVER[4], "-p", g.name, "--format",
+                "json"]  # fmt: skip
         _, full_out = timed(lab, full)
-        versions = sorted(
-            r["facts"]["tls_version_tried"] for t in json.loads(full_out)["targets"]
-            for r in t["results"] if r["status"] == "success" and "tls_version_tried" in r["facts"]
-        )  # fmt: skip
+        tls = next(r for t in json.loads(full_out)["targets"] for r in t["results"]
+                   if r["id"] == "tls")  # fmt: skip
+        versions = tls["facts"]["tls_accepted"]
         _, nmap_full_out = timed(lab, NMAP_FULL)
         theirs = sorted(set(re.findall(r"\|\s+TLSv(1\.[0-3]):", nmap_full_out)))
-        assert sorted(set(versions)) == theirs, (versions, theirs)
+        assert versions == theirs, (versions, theirs)
+        names = iana_names()
+        mine = {v: sorted(names[c] for c in cs) for v, cs in tls["facts"]["tls_ciphers"].items()}
+        nmap_suites = nmap_ciphers(nmap_full_out)
+        # TLS 1.3's suites cannot be offered one by one with Python's ssl: compared up to 1.2.
+        assert mine == {v: s for v, s in nmap_suites.items() if v != "1.3"}, (mine, nmap_suites)
+        n_suites = sum(len(s) for s in mine.values())
         t_nmap: list[float] = []
         t_ours: list[float] = []
         t_same: list[float] = []
@@ -125,8 +161,9 @@ def main() -> None:
         print(f"ratio nmap/exprobe: {mn / mo:.2f} ({args.rounds} interleaved rounds)")
         nf, of = statistics.median(t_nfull), statistics.median(t_full)
         print(f"nmap -sV http-ntlm-info,ssl-cert,ssl-enum-ciphers: median {nf * 1000:.0f} ms;"
-              f" exprobe run of the same with --tls-versions (TLS {', '.join(theirs)} agree;"
-              f" no cipher lists): median {of * 1000:.0f} ms; ratio nmap/exprobe {nf / of:.2f}")
+              f" exprobe run of the same plus a tls check with tls_versions and tls_ciphers"
+              f" (TLS {', '.join(theirs)} agree; the {n_suites} suites up to TLS 1.2 agree):"
+              f" median {of * 1000:.0f} ms; ratio nmap/exprobe {nf / of:.2f}")
     finally:
         lab.down()
 

@@ -190,6 +190,8 @@ class RunReport:
     interrupted: bool = False
     expectations: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Results streamed and not kept (`--format jsonl`): how many failed, for the exit code.
+    streamed_failures: int = 0
 
     def all_results(self) -> list[CheckResult]:
         seen: set[int] = set()

@@ -24,10 +24,11 @@ OPENSSL = shutil.which("openssl") or "openssl"
 
 
 @contextlib.contextmanager
-def s_server(tmp_path: Path, *versions: str) -> Iterator[int]:
-    """`openssl s_server` on 127.0.0.1 accepting only `versions` ("tls1", "tls1_1", ...)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
+def s_server(tmp_path: Path, *versions: str, ciphers: str = "ALL") -> Iterator[int]:
+    """`openssl s_server` on 127.0.0.1 accepting only `versions` ("tls1", "tls1_1", ...)
+    and, up to TLS 1.2, only the cipher suites `ciphers` (an RSA key then, for RSA suites)."""
+    key = trustme.KeyType.RSA if ciphers != "ALL" else trustme.KeyType.ECDSA
+    cert = trustme.CA(key_type=key).issue_cert("127.0.0.1", "localhost", key_type=key)
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
     with socket.socket() as s:
@@ -37,7 +38,7 @@ def s_server(tmp_path: Path, *versions: str) -> Iterator[int]:
     off = [f"-no_{v}" for v in every if v not in versions]
     proc = subprocess.Popen(
         [OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(tmp_path / "c.pem"),
-         "-key", str(tmp_path / "k.pem"), "-cipher", "ALL:@SECLEVEL=0",
+         "-key", str(tmp_path / "k.pem"), "-cipher", f"{ciphers}:@SECLEVEL=0",
          "-quiet", *off],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -111,3 +112,61 @@ def test_check_command_flag_and_bad_version() -> None:
     assert proc.returncode == 2
     assert proc.stderr == ("exprobe: error: --check tls:1:none: tls_version '1.4' is not one"
                            " of 1.0, 1.1, 1.2, 1.3\n")  # fmt: skip
+
+
+def iana_names() -> dict[str, str]:
+    """OpenSSL's cipher names to the IANA names nmap prints (`openssl ciphers -stdname`)."""
+    out = subprocess.run([OPENSSL, "ciphers", "-stdname", "ALL:@SECLEVEL=0"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    pairs = (line.split(" - ", 1) for line in out.splitlines() if " - " in line)
+    return {rest.split()[0]: std.strip() for std, rest in pairs}
+
+
+def nmap_ciphers(port: int) -> dict[str, set[str]]:
+    proc = subprocess.run(["nmap", "-Pn", "-n", "-p", str(port), "--script", "ssl-enum-ciphers",
+                           "127.0.0.1"], capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, set[str]] = {}
+    version = None
+    for line in proc.stdout.splitlines():
+        m = re.match(r"\|\s+TLSv(1\.[0-3]):", line)
+        if m:
+            version = m.group(1)
+            out[version] = set()
+            continue
+        m = re.match(r"\|\s+(TLS_[A-Z0-9_]+)", line)
+        if m and version:
+            out[version].add(m.group(1))
+    return out
+
+
+SUITES = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-SHA:AES256-SHA:AES128-GCM-SHA256"
+
+
+def test_cipher_suites_per_version_agree_with_nmap(tmp_path: Path) -> None:
+    """`tls_ciphers=true`: per accepted version up to 1.2, every suite the server takes, by
+    offering again without those found; nmap's ssl-enum-ciphers lists the same ones."""
+    with s_server(tmp_path, "tls1_1", "tls1_2", ciphers=SUITES) as port:
+        proc = exprobe("check", "127.0.0.1", "tls", "--port", str(port), "--tls", "implicit",
+                       "--tls-versions", "--set", "tls_ciphers=true", "--format", "json")  # fmt: skip
+        report = validate_report(json.loads(proc.stdout))
+        theirs = nmap_ciphers(port)
+    by_id = {r["id"]: r for t in report["targets"] for r in t["results"]}
+    root = by_id[f"tls:{port}:implicit"]
+    assert root["status"] == "success"
+    assert root["facts"]["tls_accepted"] == ["1.1", "1.2"]
+    mine = {v: set(c) for v, c in root["facts"]["tls_ciphers"].items()}
+    assert mine == {
+        "1.1": {"ECDHE-RSA-AES256-SHA", "AES256-SHA"},  # no GCM before TLS 1.2
+        "1.2": set(SUITES.split(":")),
+    }
+    names = iana_names()
+    assert {v: {names[c] for c in cs} for v, cs in mine.items()} == theirs
+    v12 = by_id[f"tls:{port}:implicit/tls1.2"]
+    assert v12["facts"]["tls_ciphers_complete"] is True
+    # Rounds: one per suite found after the first, and the last one that found none.
+    rounds = sorted(r["id"] for r in by_id.values() if r.get("parent") == v12["id"])
+    assert rounds == [f"{v12['id']}/c{n}" for n in (2, 3, 4, 5)]
+    last = by_id[f"{v12['id']}/c5"]
+    assert last["facts"]["tls_cipher_search_done"] is True
+    assert last["status"] == "success"

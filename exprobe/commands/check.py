@@ -27,6 +27,7 @@ from exprobe.commands.run import (
 )
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
+from exprobe.report.output import emit
 from exprobe.report.safe import printable
 from exprobe.report.table import state_text, status_text, traces_group
 from exprobe.result import CheckResult
@@ -122,7 +123,8 @@ def check(
         print(f"exprobe: {note}", file=sys.stderr)
     results = report.all_results()
     if fmt == "json":
-        print(json.dumps(report.to_dict(verbose=True), indent=2, ensure_ascii=False, default=str))
+        emit(json.dumps(report.to_dict(verbose=True), indent=2, ensure_ascii=False, default=str),
+             None)
     else:
         console = make_console(no_color)
         for r in results:

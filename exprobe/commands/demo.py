@@ -218,6 +218,7 @@ def demo(
     from exprobe.net.tls import TlsOptions
     from exprobe.profile import load_profile
     from exprobe.report.jsonfmt import render_json
+    from exprobe.report.output import write_stdout
     from exprobe.report.table import render_table
     from exprobe.result import RunReport
     from exprobe.targets import parse_target
@@ -349,7 +350,7 @@ def demo(
     if fmt in ("json", "both"):
         if fmt == "both":
             out.print(Text("JSON report (exprobe run ... --format json):", style="bold"))
-        sys.stdout.write(render_json(report, verbose=False))
+        write_stdout(render_json(report, verbose=False))
         sys.stdout.flush()
     if not as_designed:
         err.print(

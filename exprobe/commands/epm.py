@@ -23,6 +23,7 @@ from exprobe.engine.session import Session
 from exprobe.errors import InputError
 from exprobe.probes import get as get_probe
 from exprobe.probes.base import make_params
+from exprobe.report.output import emit
 from exprobe.report.safe import printable
 from exprobe.report.table import state_text, status_text
 from exprobe.result import CheckResult, RunReport
@@ -109,7 +110,8 @@ def epm(
     report.extra["epm"] = epm_view(report)
     results = report.all_results()
     if fmt == "json":
-        print(json.dumps(report.to_dict(verbose=True), indent=2, ensure_ascii=False, default=str))
+        emit(json.dumps(report.to_dict(verbose=True), indent=2, ensure_ascii=False, default=str),
+             None)
     else:
         render(make_console(no_color), report)
     ok = bool(results) and all(r.ok for r in results)

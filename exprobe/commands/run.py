@@ -450,6 +450,8 @@ def execute(
     try:
         report = run_async(main())
     finally:
+        if jsonl is not None:
+            jsonl.close()
         if jsonl_file is not None:
             jsonl_file.close()
     signum = signals.get("seen", {}).get("signal", 0)

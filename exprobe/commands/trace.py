@@ -30,6 +30,7 @@ from exprobe.commands.run import (
 )
 from exprobe.engine.session import Session
 from exprobe.errors import InputError
+from exprobe.report.output import emit
 from exprobe.report.safe import printable
 from exprobe.report.table import checks_table, traces_group
 from exprobe.targets import parse_target
@@ -78,7 +79,8 @@ def trace(
         print(f"exprobe: {note}", file=sys.stderr)
     results = report.all_results()
     if fmt == "json":
-        print(json.dumps(report.to_dict(verbose=False), indent=2, ensure_ascii=False, default=str))
+        emit(json.dumps(report.to_dict(verbose=False), indent=2, ensure_ascii=False, default=str),
+             None)
     else:
         console = make_console(no_color)
         console.print(checks_table(results))

@@ -23,6 +23,7 @@ from exprobe.net.dns import Resolver
 from exprobe.probes import get as get_probe
 from exprobe.probes.base import CheckSpec
 from exprobe.result import CheckResult, RunReport, TargetReport, now_iso
+from exprobe.status import Status
 from exprobe.targets import Resolved, Target, resolve, resolve_literal
 
 ResultSink = Callable[[CheckResult], None]
@@ -109,6 +110,8 @@ class Session:
                     on_result(r)
                 if keep:
                     by_key[(r.address, r.id) if r.address else (r.target, r.id)] = r
+                elif not r.ok and r.status is not Status.SKIPPED:
+                    rep.streamed_failures += 1
 
             def checks() -> Iterator[CheckSpec]:
                 return plan(
@@ -200,14 +203,30 @@ def summarise(report: RunReport) -> None:
     of the checks it derived."""
     results = report.all_results()
     hooks = {p: get_probe(p).summarise for p in {r.probe for r in results}}
+    if not any(hooks.values()):
+        return
+    by_id = {(r.target, r.address, r.id): r for r in results}
+
+    def depth(r: CheckResult) -> int:
+        n = 0
+        while r.parent is not None and n < 64:
+            up = by_id.get((r.target, r.address, r.parent)) or next(
+                (c for c in results if c.id == r.parent and c.target == r.target), None
+            )
+            if up is None:
+                break
+            r, n = up, n + 1
+        return n
+
+    # Deepest first, so that a check restated from its derived checks (a TLS version's
+    # cipher rounds) is seen restated by its own parent (the TLS check).
     new: dict[int, CheckResult] = {}
-    for r in results:
+    for r in sorted(results, key=depth, reverse=True):
         hook = hooks[r.probe]
         if hook is not None:
-            kids = [c for c in results if c.parent == r.id and c.target == r.target]
+            kids = [new.get(id(c), c) for c in results if c.parent == r.id and c.target == r.target]
             new[id(r)] = hook(r, kids)
-    if new:
-        report.replace_results(new)
+    report.replace_results(new)
 
 
 def _target_report(r: Resolved) -> TargetReport:

@@ -39,10 +39,11 @@ class TlsOptions:
 _VERSIONS = {"1.0": "TLSv1", "1.1": "TLSv1_1", "1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 
 
-@functools.lru_cache(maxsize=8)
-def client_context(only: str | None = None) -> ssl.SSLContext:
+@functools.lru_cache(maxsize=64)
+def client_context(only: str | None = None, without: tuple[str, ...] = ()) -> ssl.SSLContext:
     """A permissive client context: we want to see every server, even old ones.  `only`
-    ("1.0" ... "1.3") offers that TLS version alone."""
+    ("1.0" ... "1.3") offers that TLS version alone; `without` leaves those cipher suites
+    (OpenSSL names) out of the offer, to find the next one the server accepts."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -50,6 +51,11 @@ def client_context(only: str | None = None) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     with contextlib.suppress(ssl.SSLError):  # depends on the OpenSSL build
         ctx.set_ciphers("ALL:@SECLEVEL=0")
+    if without:
+        offer = [c["name"] for c in ctx.get_ciphers()
+                 if c["protocol"] != "TLSv1.3" and c["name"] not in without]  # fmt: skip
+        # An empty offer cannot be set: a suite no server agrees to ends the search.
+        ctx.set_ciphers(":".join(offer or ["NULL-MD5"]) + ":@SECLEVEL=0")
     if only is not None:
         with warnings.catch_warnings():  # TLSv1 and TLSv1_1 are deprecated names: we know
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -120,8 +120,9 @@ class ProbeContext:
         name = self.tls_options.server_name or self.check.server_name
         sni = name if name and not _is_ip(name) else None
         pinned = self.check.params.tls_version
+        without = tuple(getattr(self.check.params, "tls_exclude", ()))  # cipher rounds (tls)
         try:
-            obj = await stream.start_tls(client_context(pinned or None), sni)
+            obj = await stream.start_tls(client_context(pinned or None, without), sni)
         except OSError as exc:  # ssl.SSLError is an OSError
             if type(exc).__module__ == "ssl" or exc.__class__.__name__.startswith("SSL"):
                 said = _ssl_text(exc)

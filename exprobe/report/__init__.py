@@ -43,5 +43,9 @@ def status_exit_code(fmt: str, report: RunReport, failed_expectations: bool = Fa
     verdicts = report.all_verdicts()
     if verdicts:
         return 0 if not any(v.failed for v in verdicts) and not failed_expectations else 1
-    ok = all(r.ok for r in report.all_results()) and not any(t.error for t in report.targets)
+    ok = (
+        all(r.ok for r in report.all_results())
+        and not any(t.error for t in report.targets)
+        and not report.streamed_failures
+    )
     return 0 if ok and not failed_expectations else 1

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
+from exprobe.report.output import write_stdout
 from exprobe.result import CheckResult, RunReport
 
 
@@ -206,6 +207,7 @@ class JsonLinesWriter:
         self._verbose = verbose
         self._flush_pending = False
         self._flush_error: BaseException | None = None
+        self._lines: list[str] = []  # written at the next flush, all of them (write_stdout)
 
     def result(self, r: CheckResult) -> None:
         self._write(check_line(r, verbose=self._verbose))
@@ -217,21 +219,36 @@ class JsonLinesWriter:
         if self._flush_error is not None:
             err, self._flush_error = self._flush_error, None
             raise err
-        self._out.write(line)
+        self._lines.append(line)
         if self._flush_pending:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._out.flush()
+            self._send()
             return
         self._flush_pending = True
         loop.call_soon(self._flush)
 
+    def close(self) -> None:
+        """Write what is still pending (the loop may have ended before its flush)."""
+        self._flush_pending = False
+        if self._lines:
+            self._send()
+
+    def _send(self) -> None:
+        text = "".join(self._lines)
+        self._lines.clear()
+        if self._out is sys.stdout:
+            write_stdout(text)  # every byte, even through an unbuffered stdout
+        else:
+            self._out.write(text)
+            self._out.flush()
+
     def _flush(self) -> None:
         self._flush_pending = False
         try:
-            self._out.flush()
+            self._send()
         except Exception as exc:  # a closed pipe: raised by the next write, as before
             self._flush_error = exc
 
