@@ -21,8 +21,9 @@ PACKAGES=(nftables iproute2 nmap dovecot-imapd dovecot-pop3d postfix slapd ldap-
           # tests/lab/hoplab.py: sysctl (procps, not in a minimal Debian); traceroute and
           # mtr-tiny: test_hops_lab.py and bench/trace_vs_traceroute.py compare with them.
           procps traceroute mtr-tiny
-          # nginx: the TLS front, pool and middleboxes of the web lab (tests/lab/weblab.py).
-          nginx
+          # nginx: the TLS front, pool and middleboxes of the web lab (tests/lab/weblab.py);
+          # libnginx-mod-stream: the modern Exchange lab's TCP pass-through VIP (tests/lab/xlab.py).
+          nginx libnginx-mod-stream
           # dnsmasq-base: the two DNS views of the Autodiscover lab (tests/lab/dnslab.py);
           # the binary alone, no system service.
           dnsmasq-base

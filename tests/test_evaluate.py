@@ -533,3 +533,13 @@ def test_table_single_address_has_no_rollup_line() -> None:
     assert "addresses │" not in text
     assert "SOME" not in text
     assert "ALL" not in text
+
+
+def test_a_result_of_no_address_counts_for_every_address() -> None:
+    # mx and autodiscover open no connection of their own: one result for the whole target
+    # (address None) that every address's scenarios must see, not "mx not run".
+    t = TargetReport(
+        "mail.example", addresses=[ADDR, "fd00::5"], results=[res("smtp", 25, address=None)]
+    )
+    evaluate(RunReport(started_at="x", targets=[t]), [SMTP])
+    assert [(v.address, v.verdict) for v in t.scenarios] == [(ADDR, "pass"), ("fd00::5", "pass")]

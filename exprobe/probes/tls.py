@@ -140,12 +140,14 @@ async def tls(stream: Stream, params: TlsParams, ctx: ProbeContext) -> None:
     if params.tls != "implicit":
         try:
             await ctx.start_tls(stream)
-        except TlsError as exc:
+        except (TlsError, ConnectionError, EOFError) as exc:
             if not (searching and params.tls_exclude):
                 raise
-            # The server takes none of the suites left: the search is complete.
+            # The server takes none of the suites left (with an alert, or, like SChannel,
+            # by closing the connection): the search is complete.
             ctx.facts["tls_cipher_search_done"] = True
-            ctx.summary = f"TLS {params.tls_version}: no further cipher suite accepted ({exc})"
+            said = str(exc) or type(exc).__name__
+            ctx.summary = f"TLS {params.tls_version}: no further cipher suite accepted ({said})"
             return
     if searching:
         _next_round(ctx, params)

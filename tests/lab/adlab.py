@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tests.lab.common import LabLock, command
@@ -79,26 +79,27 @@ def _samba_version() -> str:
     return _run(["samba", "--version"]).strip()
 
 
-def provision(force: bool = False) -> float:
-    """Provision the domain into PRISTINE unless a tree of this Samba version is there;
-    the seconds it took (0.0 when the cached tree was kept)."""
-    marker = f"{PRISTINE}/.exprobe-provisioned"
+def provision(force: bool = False, *, pristine: str = PRISTINE,
+              dc: Mapping[int, str] = DC) -> float:
+    """Provision the domain into `pristine` (DC addresses `dc`) unless a tree of this
+    Samba version is there; the seconds it took (0.0 when the cached tree was kept)."""
+    marker = f"{pristine}/.exprobe-provisioned"
     version = _samba_version()
     if not force and os.path.exists(marker):
         with open(marker, encoding="utf-8") as fh:
             if fh.read().strip() == version:
                 return 0.0
-    shutil.rmtree(PRISTINE, ignore_errors=True)
-    os.makedirs(PRISTINE, mode=0o755)
+    shutil.rmtree(pristine, ignore_errors=True)
+    os.makedirs(pristine, mode=0o755)
     start = time.monotonic()
     _run([
         "samba-tool", "domain", "provision", "--server-role=dc",
         "--dns-backend=SAMBA_INTERNAL", f"--realm={REALM}", f"--domain={NETBIOS_DOMAIN}",
-        f"--host-name={HOST.lower()}", f"--host-ip={DC[4]}", f"--host-ip6={DC[6]}",
-        f"--adminpass={ADMIN_PASSWORD}", f"--targetdir={PRISTINE}",
+        f"--host-name={HOST.lower()}", f"--host-ip={dc[4]}", f"--host-ip6={dc[6]}",
+        f"--adminpass={ADMIN_PASSWORD}", f"--targetdir={pristine}",
         # Provisioning reads /etc/resolv.conf for a forwarder: the lab has no way out.
         "--option=dns forwarder = 127.0.0.1",
-        f"--option=interfaces = {DC[4]}",
+        f"--option=interfaces = {dc[4]}",
     ], timeout=300)  # fmt: skip
     took = time.monotonic() - start
     with open(marker, "w", encoding="utf-8") as fh:
@@ -106,23 +107,23 @@ def provision(force: bool = False) -> float:
     return took
 
 
-def smb_conf() -> str:
-    """The DC's configuration: every directory under RUN, listening on the lab addresses."""
+def smb_conf(run: str = RUN, dc: Mapping[int, str] = DC) -> str:
+    """The DC's configuration: every directory under `run`, listening on `dc`'s addresses."""
     return f"""[global]
     netbios name = {HOST}
     realm = {REALM}
     workgroup = {NETBIOS_DOMAIN}
     server role = active directory domain controller
-    interfaces = lo {DC[4]} {DC[6]}
+    interfaces = lo {dc[4]} {dc[6]}
     bind interfaces only = yes
-    private dir = {RUN}/private
-    lock directory = {RUN}
-    state directory = {RUN}/state
-    cache directory = {RUN}/cache
-    pid directory = {RUN}/pid
-    binddns dir = {RUN}/bind-dns
-    ncalrpc dir = {RUN}/ncalrpc
-    log file = {RUN}/log/%m.log
+    private dir = {run}/private
+    lock directory = {run}
+    state directory = {run}/state
+    cache directory = {run}/cache
+    pid directory = {run}/pid
+    binddns dir = {run}/bind-dns
+    ncalrpc dir = {run}/ncalrpc
+    log file = {run}/log/%m.log
     logging = file
     log level = 1
     dns forwarder =
@@ -135,17 +136,18 @@ def smb_conf() -> str:
     disable spoolss = yes
 
 [sysvol]
-    path = {RUN}/state/sysvol
+    path = {run}/state/sysvol
     read only = no
 
 [netlogon]
-    path = {RUN}/state/sysvol/{DNS_DOMAIN}/scripts
+    path = {run}/state/sysvol/{DNS_DOMAIN}/scripts
     read only = no
 """
 
 
-def _listening(node: str) -> set[int]:
-    out = _ns(node, "ss", "-Hltn", check=False)
+def listening(ns: str) -> set[int]:
+    """The TCP ports something listens on in namespace `ns`."""
+    out = _run(["ip", "netns", "exec", ns, "ss", "-Hltn"], check=False)
     ports: set[int] = set()
     for line in out.splitlines():
         cols = line.split()
@@ -153,6 +155,56 @@ def _listening(node: str) -> set[int]:
             with contextlib.suppress(ValueError):
                 ports.add(int(cols[3].rsplit(":", 1)[1]))
     return ports
+
+
+def spawn_samba(ns: str, pristine: str, run: str, dc: Mapping[int, str]) -> subprocess.Popen[bytes]:
+    """Copy the provisioned `pristine` tree to `run` and start `samba -F` in namespace `ns`
+    (a session of its own), listening on `dc`'s addresses; `wait_samba` waits for it."""
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(pristine, run, symlinks=True)
+    for sub in ("cache", "pid", "log", "ncalrpc"):
+        os.makedirs(f"{run}/{sub}", exist_ok=True)
+    conf = f"{run}/smb.conf"
+    with open(conf, "w", encoding="utf-8") as fh:
+        fh.write(smb_conf(run, dc))
+    log = open(f"{run}/log/samba.out", "wb")  # noqa: SIM115 - closed below
+    try:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, "samba", "-s", conf, "-F", "--no-process-group",
+             "--debug-stdout"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    finally:
+        log.close()
+
+
+def start_samba(
+    ns: str, pristine: str, run: str, dc: Mapping[int, str]
+) -> tuple[subprocess.Popen[bytes], float]:
+    """`spawn_samba` and `wait_samba` (60 s at most): the process and its seconds to ready."""
+    start = time.monotonic()
+    proc = spawn_samba(ns, pristine, run, dc)
+    try:
+        wait_samba(proc, ns, run, start + 60)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        raise
+    return proc, time.monotonic() - start
+
+
+def wait_samba(proc: subprocess.Popen[bytes], ns: str, run: str, deadline: float) -> None:
+    """Until READY_PORTS listen in `ns` (AdLabError if `proc` exits or `deadline` passes)."""
+    while True:
+        if proc.poll() is not None:
+            raise AdLabError(f"samba exited with {proc.returncode}; see {run}/log")
+        if set(READY_PORTS) <= listening(ns):
+            return
+        if time.monotonic() > deadline:
+            raise AdLabError(f"samba not listening on {READY_PORTS} by the deadline")
+        time.sleep(0.2)
 
 
 @dataclass
@@ -188,33 +240,7 @@ class AdLab:
             _ns(node, "ip", "link", "set", dev, "up")
 
     def _start(self) -> None:
-        shutil.rmtree(RUN, ignore_errors=True)
-        shutil.copytree(PRISTINE, RUN, symlinks=True)
-        for sub in ("cache", "pid", "log", "ncalrpc"):
-            os.makedirs(f"{RUN}/{sub}", exist_ok=True)
-        with open(CONF, "w", encoding="utf-8") as fh:
-            fh.write(smb_conf())
-        start = time.monotonic()
-        log = open(f"{RUN}/log/samba.out", "wb")  # noqa: SIM115 - closed below
-        try:
-            self.proc = subprocess.Popen(
-                ns_argv("dc", ["samba", "-s", CONF, "-F", "--no-process-group",
-                               "--debug-stdout"]),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        finally:
-            log.close()
-        deadline = start + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise AdLabError(f"samba exited with {self.proc.returncode}; see {RUN}/log")
-            if set(READY_PORTS) <= _listening("dc"):
-                break
-            if time.monotonic() > deadline:
-                raise AdLabError(f"samba not listening on {READY_PORTS} after 60 s")
-            time.sleep(0.2)
-        self.timings["samba_ready_s"] = time.monotonic() - start
+        self.proc, self.timings["samba_ready_s"] = start_samba(NS["dc"], PRISTINE, RUN, DC)
 
     def set_rule(self, action: str | None = None, port: int | None = None) -> None:
         """The DC's input chain: accept all, or `action` (drop, reset, icmp) for TCP to

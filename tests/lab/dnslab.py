@@ -24,6 +24,7 @@ The external view gives autodiscover.two.lab A .16 (nothing there): split-brain 
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.lab.common import LabLock, command, delete_namespaces, run_in, start_in, stop
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 NS = {"cli": "xpdns-cli", "srv": "xpdns-srv"}
 CLIENT = "10.254.0.1"
@@ -98,9 +103,18 @@ def _nginx_conf(d: Path) -> str:
     )
 
 
+def _san(name: str) -> x509.GeneralName:
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_certs(d: Path, ca_path: Path, leaves: dict[str, list[str]]) -> None:
     """A CA (`ca_path`) and one leaf per entry (`STEM.pem`, `STEM-key.pem`) naming its DNS
-    names, with the extensions a public CA gives (trustme marks the SAN critical, which
+    names and addresses (the first one a name), with the extensions a public CA gives (trustme marks the SAN critical, which
     a strict verifier refuses when the subject is not empty)."""
     import datetime as dt
 
@@ -134,8 +148,7 @@ def make_certs(d: Path, ca_path: Path, leaves: dict[str, list[str]]) -> None:
             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([_san(n) for n in sans]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            critical=False)
             .sign(ca_key, hashes.SHA256())

@@ -24,6 +24,7 @@ import pytest
 
 from tests.lab.adlab import AdLab
 from tests.lab.lab import Lab, LabError, preflight
+from tests.lab.xlab import XLab
 
 __all__ = ["fw", "lab"]
 
@@ -83,6 +84,18 @@ def adlab() -> Iterator[AdLab]:
     """The Samba AD DC lab (tests/lab/adlab.py), up for the whole session; the tests
     that use it are marked `lab`."""
     lab = AdLab()
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def xlab() -> Iterator[XLab]:
+    """The modern Exchange lab (tests/lab/xlab.py), up for the whole session under rule
+    set `open`; the tests that use it are marked `lab`."""
+    lab = XLab()
     lab.up()
     try:
         yield lab

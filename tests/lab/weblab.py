@@ -54,8 +54,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.lab.common import LabLock, command, delete_namespaces, run_in, start_in, stop
+
+if TYPE_CHECKING:
+    import trustme
 
 NS = {"cli": "xpweb-cli", "srv": "xpweb-srv"}
 SERVER = {4: "10.252.0.2", 6: "fd00:e7::2"}
@@ -118,14 +122,7 @@ def _nginx_conf(d: Path) -> str:
         return f"server {{ {listen} server_name {NAME}; {cert if ssl_on else ''} {body} }}\n"
 
     ex1 = "location / { " + proxy.format(up="ex1") + " }"
-    return (
-        f"worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn; daemon off;\n"
-        "user root root;\n"
-        "events { worker_connections 256; }\n"
-        "http {\n"
-        f"access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n"
-        f"fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
-        "default_type text/html; keepalive_timeout 30s; server_tokens on;\n"
+    return nginx_main(d, (
         f"upstream ex1 {{ server 127.0.0.1:{BACKENDS['EX1']}; }}\n"
         f"upstream ex2 {{ server 127.0.0.1:{BACKENDS['EX2']}; }}\n"
         f"upstream pool {{ server 127.0.0.1:{BACKENDS['EX1']}; server 127.0.0.1:{BACKENDS['EX2']}; }}\n"
@@ -154,8 +151,55 @@ def _nginx_conf(d: Path) -> str:
                  + proxy.format(up="ex1") + " }")
         + server(PORTS["inspect"], ex1, cert=other)
         + server(PORTS["reset"], ex1)
+    ))
+
+
+def nginx_main(d: Path, http: str, *, stream: str = "", modules: Sequence[str] = ()) -> str:
+    """A foreground nginx's whole configuration: pid, logs and temporary files under `d`,
+    then the `http` block's body (and a `stream` block's, loading `modules` first)."""
+    return (
+        "".join(f"load_module {m};\n" for m in modules)
+        + f"worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn; daemon off;\n"
+        "user root root;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n"
+        f"fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
+        "default_type text/html; keepalive_timeout 30s; server_tokens on;\n"
+        + http
         + "}\n"
+        + (f"stream {{\n{stream}}}\n" if stream else "")
     )
+
+
+def start_nginx(ns: str, d: Path, conf: str) -> subprocess.Popen[bytes]:
+    """nginx in namespace `ns` with configuration `conf` (see `nginx_main`), written to
+    `d`/nginx.conf; returns once it wrote its pid file (WebLabError if it did not)."""
+    for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
+        (d / sub).mkdir(exist_ok=True)
+    (d / "nginx.conf").write_text(conf)
+    (d / "nginx.pid").unlink(missing_ok=True)
+    proc = start_in(ns, ["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], ready=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (d / "nginx.pid").exists():
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop([proc])
+    log = (d / "error.log").read_text() if (d / "error.log").exists() else ""
+    raise WebLabError(f"nginx did not start in {ns}: {log.strip()[-500:]}")
+
+
+def issue_cert(ca: trustme.CA, d: Path, cert: str, key: str, names: Sequence[str]) -> str:
+    """A leaf certificate of `ca` for `names`, written to `d`/`cert` (PEM; its key to
+    `d`/`key`); its SHA-256 fingerprint (hex)."""
+    leaf = ca.issue_cert(*names)
+    leaf.private_key_pem.write_to_path(str(d / key))
+    leaf.cert_chain_pems[0].write_to_path(str(d / cert))
+    der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+    return hashlib.sha256(der).hexdigest()
 
 
 LOCK = "/tmp/exprobe-weblab.lock"  # one such lab per machine: the names are fixed
@@ -234,33 +278,16 @@ class WebLab:
         ca = trustme.CA()
         # cert: the VIP's and the members'; other: another CA's (an inspecting middlebox);
         # lb: the same CA, another key (a load balancer with a certificate of its own).
-        for stem, names in (("cert", [NAME, SERVER[4], SERVER[6]]), ("other", [NAME]),
-                            ("lb", [NAME, SERVER[4], SERVER[6]])):  # fmt: skip
-            leaf = trustme.CA().issue_cert(*names) if stem == "other" else ca.issue_cert(*names)
-            key = "key" if stem == "cert" else f"{stem}-key"
-            leaf.private_key_pem.write_to_path(str(self.dir / f"{key}.pem"))
-            leaf.cert_chain_pems[0].write_to_path(str(self.dir / f"{stem}.pem"))
-            der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
-            setattr(self, f"{stem}_sha256", hashlib.sha256(der).hexdigest())
+        web = [NAME, SERVER[4], SERVER[6]]
+        self.cert_sha256 = issue_cert(ca, self.dir, "cert.pem", "key.pem", web)
+        self.other_sha256 = issue_cert(trustme.CA(), self.dir, "other.pem", "other-key.pem", [NAME])
+        self.lb_sha256 = issue_cert(ca, self.dir, "lb.pem", "lb-key.pem", web)
         self.ca_pem = self.dir / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_pem))
 
     def _nginx(self) -> None:
         assert self.dir is not None
-        for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
-            (self.dir / sub).mkdir(exist_ok=True)
-        conf = self.dir / "nginx.conf"
-        conf.write_text(_nginx_conf(self.dir))
-        self._start(["nginx", "-c", str(conf), "-p", str(self.dir)], ready=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if (self.dir / "nginx.pid").exists():
-                return
-            if self.procs[-1].poll() is not None:
-                break
-            time.sleep(0.05)
-        log = (self.dir / "error.log").read_text() if (self.dir / "error.log").exists() else ""
-        raise WebLabError(f"nginx did not start: {log.strip()[-500:]}")
+        self.procs.append(start_nginx(NS["srv"], self.dir, _nginx_conf(self.dir)))
 
     def _firewall(self) -> None:
         ruleset = (

@@ -18,7 +18,7 @@ MTA 9e8ee830 v2.0 on the MTA port; System Attendant 469d6ec0 v16.0 on the SA por
 (unless `others=False`) the mapper itself on TCP, a named pipe with a NetBIOS host floor,
 ncalrpc, ncacn_http 0.0.0.0[593] and a 7-floor tower.  Mode `empty` registers nothing
 (ept_map then says "not registered" for everything); `samba-like` only non-Exchange
-interfaces.
+interfaces; `dag` the failover cluster's interface (component `cluster`), as a DAG member's.
 
 Knobs (`PeerConfig`): `end` ("windows": last batch + status 0 + NULL handle;
 "samba": last batch + 0x16C9A0D6 + NULL handle, one constant handle value while paging),
@@ -77,6 +77,12 @@ COMPONENT_REGISTRATIONS: dict[str, list[tuple[str, tuple[int, int], str]]] = {
     "mta": [("9e8ee830-4459-11ce-979b-00aa005ffebe", (2, 0), "MS Exchange MTA")],
     "sa": [("469d6ec0-0d87-11ce-b13f-00aa003bac6c", (16, 0), "MS Exchange System Attendant")],
 }
+# Mode `dag`: what a DAG member's endpoint mapper hands out for the Windows failover
+# cluster (clusapi), the RPC a DAG needs between its members.
+DAG_REGISTRATIONS: dict[str, list[tuple[str, tuple[int, int], str]]] = {
+    "cluster": [("b97db8b2-4c63-11cf-bff6-08002be23f2f", (3, 0), "Failover Cluster (clusapi)")],
+}
+MODES = ("exchange55", "empty", "samba-like", "dag")
 LSARPC = "12345778-1234-abcd-ef00-0123456789ab"
 SAMR = "12345778-1234-abcd-ef00-0123456789ac"
 WINREG = "338cd001-2244-31f1-aaaa-900038001003"
@@ -116,7 +122,7 @@ class Registration:
 
 @dataclass(slots=True)
 class PeerConfig:
-    mode: str = "exchange55"  # exchange55 | empty | samba-like
+    mode: str = "exchange55"  # one of MODES
     behaviour: str = "normal"
     end: str = "windows"  # windows | samba
     ports: dict[str, int] = field(default_factory=dict)  # component -> port (0: pick)
@@ -137,7 +143,7 @@ class PeerConfig:
             raise ValueError(f"unknown behaviour {self.behaviour!r}")
         if self.end not in ("windows", "samba"):
             raise ValueError(f"unknown end style {self.end!r}")
-        if self.mode not in ("exchange55", "empty", "samba-like"):
+        if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}")
 
 
@@ -238,7 +244,8 @@ class EpmPeer:
 
     async def start(self) -> EpmPeer:
         cfg = self.cfg
-        components = list(COMPONENT_REGISTRATIONS) if cfg.mode == "exchange55" else []
+        components = {"exchange55": list(COMPONENT_REGISTRATIONS),
+                      "dag": list(DAG_REGISTRATIONS)}.get(cfg.mode, [])  # fmt: skip
         for comp in components:
             want = cfg.ports.get(comp, 0)
             if comp in cfg.listeners:
@@ -302,7 +309,7 @@ class EpmPeer:
     def _registrations(self, components: list[str]) -> list[Registration]:
         regs: list[Registration] = []
         for comp in components:
-            for uuid, version, annotation in COMPONENT_REGISTRATIONS[comp]:
+            for uuid, version, annotation in {**COMPONENT_REGISTRATIONS, **DAG_REGISTRATIONS}[comp]:
                 regs.append(
                     Registration(uuid, version, annotation, port=self.ports[comp], component=comp)
                 )
@@ -598,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bind", action="append", default=[], help="address (repeatable)")
     ap.add_argument("--port", type=int, default=135)
-    ap.add_argument("--mode", default="exchange55", choices=("exchange55", "empty", "samba-like"))
+    ap.add_argument("--mode", default="exchange55", choices=MODES)
     ap.add_argument("--behaviour", default="normal", choices=BEHAVIOURS)
     ap.add_argument("--end", default="windows", choices=("windows", "samba"))
     ap.add_argument("--ports", default="", help="ds=1600,is=1601,mta=1602,sa=1603")
