@@ -261,6 +261,7 @@ def test_owa_redirects_to_the_logon_page(lst: ThreadedListener) -> None:
         ("RPC_IN_DATA", "/rpc/rpcproxy.dll", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
         ("RPC_OUT_DATA", "/rpc/rpcproxy.dll", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
         ("GET", "/Microsoft-Server-ActiveSync", ['Basic realm="ex1.corp.example"']),
+        ("GET", "/PowerShell/", ["Negotiate", "Kerberos"]),
     ],
 )  # fmt: skip
 def test_vdirs_answer_401_with_their_schemes(
