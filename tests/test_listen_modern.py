@@ -33,7 +33,13 @@ from exprobe.listen.plan import HttpSite, build_plan
 from exprobe.probes import get as get_probe
 from exprobe.probes.base import Params
 from tests.helpers import ROOT, exprobe, validate_report
-from tests.test_listen_clients import HOST, ThreadedListener, no_responder_errors, unverified
+from tests.test_listen_clients import (
+    HOST,
+    LOOPS,
+    ThreadedListener,
+    no_responder_errors,
+    unverified,
+)
 
 MINI = ROOT / "tests" / "profiles_modern" / "mini2019.toml"
 NAME = "ex1.corp.example"
@@ -56,11 +62,11 @@ MODERN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lst() -> Iterator[ThreadedListener]:
+@pytest.fixture(scope="module", params=LOOPS)
+def lst(request: pytest.FixtureRequest) -> Iterator[ThreadedListener]:
     t = ThreadedListener(
-        MODERN, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME, idle_timeout=2.0,
-        conn_timeout=8.0,
+        MODERN, loop=request.param, plan_kw={"http_site": HttpSite(BUILD)}, name=NAME,
+        idle_timeout=2.0, conn_timeout=8.0,
     )  # fmt: skip
     yield t
     t.close()
@@ -255,6 +261,7 @@ def test_owa_redirects_to_the_logon_page(lst: ThreadedListener) -> None:
         ("RPC_IN_DATA", "/rpc/rpcproxy.dll", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
         ("RPC_OUT_DATA", "/rpc/rpcproxy.dll", ["Negotiate", "NTLM", 'Basic realm="ex1.corp.example"']),
         ("GET", "/Microsoft-Server-ActiveSync", ['Basic realm="ex1.corp.example"']),
+        ("GET", "/PowerShell/", ["Negotiate", "Kerberos"]),
     ],
 )  # fmt: skip
 def test_vdirs_answer_401_with_their_schemes(
@@ -324,6 +331,34 @@ def test_port_80_redirects_autodiscover_and_asks_kerberos_for_the_shell(
     status, _, body = fetch(conn, "GET", "/owa/healthcheck.htm")
     assert (status, body) == (200, b"200 OK<br/>ex1.corp.example")
     conn.close()
+
+
+def test_smtp_lists_the_extensions_the_profile_expects() -> None:
+    """smtplib: X-ANONYMOUSTLS and X-EXPS (expect_extensions) before TLS, X-EXPS after;
+    X-EXPS itself is declined like AUTH (421: no mail accepted here)."""
+    import smtplib
+
+    defs = [CheckDef("intra", "smtp", params("smtp", expect_extensions=(
+        "STARTTLS", "X-ANONYMOUSTLS", "X-EXPS")), 2525)]  # fmt: skip
+    t = ThreadedListener(defs, name=NAME)
+    try:
+        s = smtplib.SMTP(HOST, t.port(2525), timeout=10)
+        s.ehlo("ex2.corp.example")
+        feats = dict(s.esmtp_features)
+        assert (feats["x-exps"], feats["x-anonymoustls"], "starttls" in feats) == (
+            "GSSAPI NTLM", "", True
+        )  # fmt: skip
+        s.starttls(context=unverified())
+        s.ehlo("ex2.corp.example")
+        assert "x-anonymoustls" not in s.esmtp_features
+        assert s.esmtp_features["x-exps"] == "GSSAPI NTLM"
+        code, _ = s.docmd("X-EXPS", "GSSAPI")
+        assert code == 421
+        s.close()
+        rec = t.wait_records(2525, 1)[0]
+        assert rec.outcome == "declined X-EXPS (rehearsal: no mail accepted)"
+    finally:
+        t.close()
 
 
 def test_tls_certificate_names_the_listener(lst: ThreadedListener) -> None:
@@ -803,6 +838,11 @@ def test_exprobe_run_exchange2019_other_vantages(vantage: str, verdicts: dict[st
         (target,) = report["targets"]
         assert {v["id"]: v["verdict"] for v in target["scenarios"]} == verdicts
         assert [r["id"] for r in target["results"] if r["status"] != "success"] == []
+        if vantage == "mbx":  # the transport ports list what Exchange lists there
+            for cid in ("intra-25", "intra-2525"):
+                r = next(r for r in target["results"] if r["id"] == cid)
+                assert "ehlo_missing" not in r["facts"], r
+                assert r["facts"]["ehlo_extensions"]["X-EXPS"] == "GSSAPI NTLM"
         no_responder_errors(t)
     finally:
         t.close()

@@ -13,6 +13,8 @@ for Exchange 2013 and later) and the scripted Exchange backends of the lab tests
   this server (NetBIOS and DNS names, `exprobe.wire.ntlm.encode_challenge`);
 - `RPC_IN_DATA`/`RPC_OUT_DATA` on `/rpc/` → 401 (elsewhere 405);
 - `/Microsoft-Server-ActiveSync` → 401 `Basic`;
+- `/PowerShell/` → 401 `Negotiate`, `Kerberos` (the remote shell; SSL not required, so
+  on port 80 too);
 - `/<vdir>/healthcheck.htm` → `200 OK<br/>FQDN` (503 for a vdir taken offline);
 - every answer carries `X-FEServer` (NetBIOS name) and `X-OWA-Version` (the build).
 
@@ -178,11 +180,10 @@ class ExchangeSite:
             return Answer(302, (*hdrs, ("Location", loc)))
         if path.startswith("/microsoft-server-activesync"):
             return Answer(401, (*hdrs, ("WWW-Authenticate", f'Basic realm="{self.fqdn}"')))
+        if path.startswith("/powershell"):
+            return self._shell(hdrs)
         if path.startswith(WINDOWS):
             return self._windows(req, path, hdrs)
-        if path.startswith("/powershell"):  # the vdir needs no SSL: the same on 80 and 443
-            schemes = (("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", "Kerberos"))
-            return Answer(401, (*hdrs, *schemes), note="remote shell")
         body = b"<html><body>404 Not Found</body></html>"
         return Answer(404, (*hdrs, ("Content-Type", "text/html")), body)
 
@@ -209,6 +210,11 @@ class ExchangeSite:
         if path.startswith(WITH_BASIC):
             schemes.append(("WWW-Authenticate", f'Basic realm="{self.fqdn}"'))
         return Answer(401, (*hdrs, *extra, *schemes))
+
+    def _shell(self, hdrs: list[tuple[str, str]]) -> Answer:
+        """The remote shell's vdir (Kerberos; "SSL: Not required", so on 80 and 443)."""
+        schemes = (("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", "Kerberos"))
+        return Answer(401, (*hdrs, *schemes), note="remote shell")
 
     def answer_plain(self, req: Request) -> Answer:
         """The answer of the plain HTTP site (80) to `req`."""

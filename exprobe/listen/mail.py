@@ -8,12 +8,14 @@ client that really tries to deliver gets a temporary failure (so nothing bounces
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exprobe.listen.core import Conn, Hangup, LineTooLong
+from exprobe.listen.core import Conn, Hangup, LineTooLong, Responder
 
 MAX_ERRORS = 10  # unknown commands before we hang up on a scanner
 MAX_COMMANDS = 200  # commands per connection, whatever they are
@@ -111,9 +113,23 @@ async def _converse(conn: Conn, d: Dialect) -> None:
     raise Hangup(f"more than {MAX_COMMANDS} commands")
 
 
-def _smtp_answer(conn: Conn, verb: str, arg: str) -> tuple[str, list[str]] | None:
+# What Exchange lists after these keywords (research note §c: "X-EXPS GSSAPI NTLM").
+EXTENSION_TEXT = {"X-EXPS": "X-EXPS GSSAPI NTLM"}
+BEFORE_TLS_ONLY = frozenset({"X-ANONYMOUSTLS"})  # Exchange offers it before TLS only
+BASE_EXTENSIONS = frozenset({"SIZE", "PIPELINING", "8BITMIME", "STARTTLS", "ENHANCEDSTATUSCODES"})
+
+
+def _smtp_answer(
+    conn: Conn, verb: str, arg: str, extra: tuple[str, ...] = ()
+) -> tuple[str, list[str]] | None:
     if verb == "EHLO":
         ext = ["SIZE 10240000", "PIPELINING", "8BITMIME"]
+        for kw in extra:
+            if kw.upper() in BASE_EXTENSIONS:
+                continue
+            if kw.upper() in BEFORE_TLS_ONLY and conn.tls_active:
+                continue
+            ext.append(EXTENSION_TEXT.get(kw.upper(), kw))
         if conn.tls_available:
             ext.append("STARTTLS")
         ext.append("ENHANCEDSTATUSCODES")
@@ -138,7 +154,9 @@ SMTP = Dialect(
     tls_unavailable="454 4.7.0 TLS not available",
     quit="QUIT",
     goodbye=lambda c: [f"221 2.0.0 {c.name} closing (exprobe rehearsal)"],
-    declined=frozenset(("MAIL", "RCPT", "DATA", "BDAT", "AUTH", "VRFY", "EXPN", "ETRN")),
+    declined=frozenset(
+        ("MAIL", "RCPT", "DATA", "BDAT", "AUTH", "X-EXPS", "X-ANONYMOUSTLS", "VRFY", "EXPN", "ETRN")
+    ),
     # A real sender that reaches the rehearsal must queue, not bounce: 421.
     decline=lambda c: f"421 4.3.2 {c.name} is an exprobe rehearsal listener, not a mail server",
     hang_up_on_decline=True,
@@ -246,6 +264,21 @@ NNTP = Dialect(
 async def smtp(conn: Conn) -> None:
     """SMTP (RFC 5321) with STARTTLS (RFC 3207): 220, EHLO/HELO, STARTTLS, NOOP, RSET, QUIT."""
     await _converse(conn, SMTP)
+
+
+def smtp_with(extensions: tuple[str, ...]) -> Responder:
+    """`smtp` whose EHLO also lists `extensions` (a profile's `expect_extensions`: the
+    X-ANONYMOUSTLS and X-EXPS of Exchange's transport ports), so that a device in the path
+    that strips them is caught before the servers exist.  Listed, not implemented: AUTH
+    and X-EXPS get the same 421 as any delivery attempt."""
+    if not extensions:
+        return smtp
+    dialect = dataclasses.replace(SMTP, answer=functools.partial(_smtp_answer, extra=extensions))
+
+    async def respond(conn: Conn) -> None:
+        await _converse(conn, dialect)
+
+    return respond
 
 
 async def pop3(conn: Conn) -> None:

@@ -244,6 +244,7 @@ def build_plan(
             plan.notes.append(why)
     defs = mine
     slots: dict[int, _Slot] = {}
+    ehlo: dict[int, list[str]] = {}  # port -> EHLO keywords the smtp checks expect
 
     def claim(port: int, probe: str, implicit: bool, check: str) -> None:
         if not 1 <= port <= 65535:
@@ -281,6 +282,10 @@ def build_plan(
             )
             continue
         claim(port, probe, implicit, d.id)
+        for kw in getattr(d.params, "expect_extensions", ()) if d.probe == "smtp" else ():
+            known = [k.upper() for k in ehlo.setdefault(port, [])]
+            if kw.upper() not in known and kw.upper() not in mail.BASE_EXTENSIONS:
+                ehlo[port].append(kw)
         if d.probe == "lb-pool":
             plan.notes.append(
                 f"check {d.id} (lb-pool) finds members by the FQDN the health pages name, "
@@ -343,6 +348,13 @@ def build_plan(
         elif s.probe == "tls":
             responder, label = mail.tcp, "tls"
             note = "TLS handshake, then nothing (the check is the handshake)"
+        elif s.probe == "smtp" and ehlo.get(port):
+            responder = mail.smtp_with(tuple(ehlo[port]))
+            note = (
+                "220 banner, EHLO/HELO, STARTTLS, QUIT; EHLO also lists "
+                + ", ".join(ehlo[port])
+                + " (the profile expects them)"
+            )
         else:
             responder = _responder(s.probe)
             if responder is None:
