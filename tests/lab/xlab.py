@@ -513,10 +513,15 @@ def ruleset(name: str) -> str:
     return text
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     lab = XLab()
     if args[:1] == ["up"] and len(args) <= 2:
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` tears it down as Ctrl-C does
         lab.up()
         if len(args) == 2:
             lab.apply_rules(args[1])
