@@ -100,6 +100,7 @@ class ScenarioVerdict:
     via: str | None = None
     hints: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    facts: dict[str, Any] = field(default_factory=dict)  # what answered (the build found)
 
     @property
     def passed(self) -> bool:
@@ -121,6 +122,7 @@ class ScenarioVerdict:
             "via": self.via,
             "hints": list(self.hints),
             "warnings": list(self.warnings),
+            **({"facts": self.facts} if self.facts else {}),
         }
 
 

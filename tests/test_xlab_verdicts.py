@@ -92,7 +92,7 @@ TITLES = {
     "outlook-mapihttp": "Outlook (MAPI over HTTP)", "outlook-anywhere": "Outlook Anywhere (RPC over HTTP)",
     "ews": "Exchange Web Services", "activesync": "Exchange ActiveSync",
     "oab": "Offline address book download", "smtp-submission": "SMTP client submission",
-    "pop3": "POP3 clients", "imap4": "IMAP4 clients", "inbound-mail": "Inbound Internet mail",
+    "pop-imap": "POP3 and IMAP4 clients", "inbound-mail": "Inbound Internet mail",
     "tls-policy": "TLS versions on 443", "remote-shell": "Remote Exchange Management Shell",
     "edge-to-mailbox": "Edge to Mailbox (inbound mail from the perimeter)",
     "edge-subscription": "Edge subscription (Mailbox to Edge)",
@@ -104,24 +104,22 @@ TITLES = {
     "hybrid-outbound": "On-premises to Exchange Online (hybrid)",
 }  # fmt: skip
 
-POP3 = ("not-enabled", "POP3 clients: not-enabled: 995 refused (connection-refused) and 110 "
-        "refused (connection-refused); nothing listens, and the profile marks the service off "
-        "by default", ["If the service should be on, say so with --set pop3s.enabled=true or "
-                       "--set pop3.enabled=true."])  # fmt: skip
-IMAP4 = ("not-enabled", "IMAP4 clients: not-enabled: 993 refused (connection-refused) and 143 "
-         "refused (connection-refused); nothing listens, and the profile marks the service off "
-         "by default", ["If the service should be on, say so with --set imaps.enabled=true or "
-                        "--set imap.enabled=true."])  # fmt: skip
+POP_IMAP = ("not-enabled", "POP3 and IMAP4 clients: not-enabled: 993 refused (connection-refused)"
+            " and 143 refused (connection-refused) and 995 refused (connection-refused) and 110"
+            " refused (connection-refused); nothing listens, and the profile marks the service"
+            " off by default", ["If the service should be on, say so with --set imaps.enabled=true"
+                                " or --set imap.enabled=true or --set pop3s.enabled=true or --set"
+                                " pop3.enabled=true."])  # fmt: skip
 PASS = ("pass", None, [])
 CLIENT = ("autodiscover", "owa", "outlook-mapihttp", "outlook-anywhere", "ews", "activesync",
-          "oab", "smtp-submission", "pop3", "imap4", "tls-policy", "lb-pool")  # fmt: skip
+          "oab", "smtp-submission", "pop-imap", "tls-policy", "lb-pool")  # fmt: skip
 Expected = tuple[str, str | None, list[str]]  # verdict, reason (None: "works"), hints
 
 # Under `open`: every scenario of every run, in the report's order.
 OPEN: dict[str, dict[str, Expected]] = {
-    "client": {s: POP3 if s == "pop3" else IMAP4 if s == "imap4" else PASS for s in CLIENT},
-    "internet": {s: POP3 if s == "pop3" else IMAP4 if s == "imap4" else PASS
-                 for s in (*CLIENT[:7], "pop3", "imap4", "inbound-mail", "tls-policy", "lb-pool")},
+    "client": {s: POP_IMAP if s == "pop-imap" else PASS for s in CLIENT},
+    "internet": {s: POP_IMAP if s == "pop-imap" else PASS
+                 for s in (*CLIENT[:7], "pop-imap", "inbound-mail", "tls-policy", "lb-pool")},
     "admin": {"remote-shell": PASS},
     "dmz": {"edge-to-mailbox": PASS},
     "mbx": {s: PASS for s in ("edge-subscription", "intra-org-transport", "backend-proxy",

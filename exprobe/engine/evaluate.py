@@ -24,6 +24,9 @@ from exprobe.result import CheckResult, RunReport, ScenarioVerdict, TargetReport
 from exprobe.status import PortState, Status
 
 MESSAGE_LIMIT = 80
+IDENTITY_FACTS = ("exchange_build",)
+"""Facts of the checks behind a verdict that say what answered, carried up to it: the
+Exchange build an exchange-http check named from X-OWA-Version ("Exchange 2019 CU14")."""
 
 
 def evaluate(
@@ -327,6 +330,7 @@ def evaluate_scenario(
     everything = [*all_atoms, *(a for g in groups for a in g), *seen]
     warnings = _warnings(everything)
     also = _observed(seen, j)
+    facts = _identity(everything)
 
     if not failed_all and not failed_groups:
         carriers = [next(a for a in g if a.ok) for g in groups]
@@ -353,6 +357,7 @@ def evaluate_scenario(
             checks=_unique(c for a in (*all_atoms, *carriers, *seen) for c in a.checks),
             via=", ".join(via_ids) or None,
             warnings=warnings,
+            facts=facts,
         )
 
     parts = _failure_parts(failed_all)
@@ -380,6 +385,7 @@ def evaluate_scenario(
         checks=_unique(c for a in (*breaking, *seen) for c in a.checks),
         hints=hints,
         warnings=warnings,
+        facts=facts,
     )
 
 
@@ -530,6 +536,17 @@ def _failure_parts(failed: list[Atom]) -> list[str]:
         parts.append(f"{a.where}: {text}" if a.where and a.where != last else text)
         last = a.where
     return parts
+
+
+def _identity(atoms: Iterable[Atom]) -> dict[str, object]:
+    """The first of each IDENTITY_FACTS among the results the verdict looked at."""
+    out: dict[str, object] = {}
+    for a in atoms:
+        for r in a.looked_at:
+            for key in IDENTITY_FACTS:
+                if key not in out and r.facts.get(key):
+                    out[key] = r.facts[key]
+    return out
 
 
 def _warnings(atoms: Iterable[Atom]) -> tuple[str, ...]:
