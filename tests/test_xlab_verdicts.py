@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -56,8 +56,10 @@ class Run:
 
 
 # The domain each profile's DNS checks need (--set CHECK.domain=).
-DOMAIN_CHECKS = {"exchange2019": ("autodiscover", "mx"), "exchange-hybrid": ("autodiscover", "mx"),
-                 "exchange-edge": ("mx",)}  # fmt: skip
+DOMAIN_CHECKS = {"exchange-edge": ("mx",)} | dict.fromkeys(
+    ("exchange2019", "exchange2016", "exchange2013", "exchange-se", "exchange-hybrid"),
+    ("autodiscover", "mx"),
+)
 EDGE_RULES = ("open", "50636-dropped")
 
 
@@ -337,3 +339,17 @@ def test_unbound_roles_skip_their_scenarios(xlab: XLab) -> None:
     for scenario in ("intra-org-transport", "backend-proxy"):
         assert {seen[(scenario, a)]["verdict"] for a in ADDR["mbx1"].values()} == {"pass"}
     assert code == 0  # skipped is no failure
+
+
+@pytest.mark.parametrize("profile", ["exchange2016", "exchange2013", "exchange-se"])
+def test_the_other_versions_profiles_pass_under_open(xlab: XLab, profile: str) -> None:
+    # They extend exchange2019: from the client and from a Mailbox server everything the
+    # lab serves passes, and POP3/IMAP4 are off by default there too.
+    runs = (Run("cli", "client", MBX1, profile=profile), replace(RUNS["mbx"], profile=profile))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda run: exprobe_run(xlab, run), runs))
+    for run, (code, report) in zip(runs, results, strict=True):
+        expect = OPEN["client" if run.vantage == "client" else "mbx"]
+        seen = {(v["id"], v["verdict"]) for v in verdicts(report, MBX1)}
+        assert seen == {(s, e[0]) for s, e in expect.items()}, (profile, run.vantage)
+        assert code == 0

@@ -1,7 +1,8 @@
 """The modern Exchange lab: a client, a router playing the firewall, and Exchange's
 neighbours behind it, as real servers where they exist (postfix, Samba AD DC, slapd,
-nginx) and scripted only where the answer is Exchange's own (tests/peers/exchange_http.py)
-or a middlebox's (tests/peers/smtp_inspect.py).
+nginx, dnsmasq) and scripted only where the answer is Exchange's own
+(tests/peers/exchange_http.py; a DAG member's endpoint mapper, tests/peers/epm_peer.py
+mode dag) or a middlebox's (tests/peers/smtp_inspect.py).
 
 Ten network namespaces, IPv4 and IPv6.  Every node but the router sits on a link of its
 own to the router `xpx-r1` (link L: 10.249.L.0/24 and fd00:e9:L::/64, the router .1/::1,
@@ -10,17 +11,20 @@ the node .2/::2), so every path between two nodes crosses r1's nftables forward 
 | node | link | what answers there |
 |---|---|---|
 | cli  | 1 | nothing: the client vantage (exprobe runs here) |
-| mbx1 | 2 | the Exchange mailbox address: nginx on 80, 443 and 444 (another, self-signed-style certificate: the backend site) fronting a scripted Exchange backend (MBX1); postfix on 25, 587 (STARTTLS, AUTH after TLS), 2525, 465, 475, 717; a TCP listener on 64327 (DAG replication); POP3/IMAP4 refused (off by default on 2013+) |
+| mbx1 | 2 | the Exchange mailbox address: nginx on 80, 443 and 444 (another, self-signed-style certificate: the backend site) fronting a scripted Exchange backend (MBX1); postfix on 25, 587 (STARTTLS, AUTH after TLS), 2525, 465, 475, 717; a TCP listener on 64327 (DAG replication); the endpoint mapper on 135 handing out the failover cluster's interface on CLUSTER_PORT; POP3/IMAP4 refused (off by default on 2013+) |
 | mbx2 | 3 | a peer mailbox server: postfix on 25 and 2525 (the mbx vantage runs exprobe here) |
-| dc   | 4 | Samba AD DC (tests/lab/adlab.py's provisioning): 88, 135 + dynamic RPC, 389, 445, 636, 3268, 3269 |
+| dc   | 4 | Samba AD DC (tests/lab/adlab.py's provisioning): 53, 88, 135 + dynamic RPC, 389, 445, 636, 3268, 3269; also the DAG's witness |
 | vip  | 5 | nginx, the load-balancer VIP on 443: TCP pass-through (the members' certificate) round robin to m1 and m2; SSL offload with a certificate of its own under `ssl-offload` |
 | m1, m2 | 6, 7 | pool members: nginx on 443 (the same certificate as mbx1) fronting scripted Exchange backends EX1, EX2 |
 | edge | 8 | Edge Transport: postfix on 25, slapd with LDAPS on 50636 (AD LDS's EdgeSync port) |
 | exo  | 9 | "Exchange Online": postfix on 25 that requires STARTTLS (smtpd_tls_security_level = encrypt); nginx with TLS on 443 |
 
-The router also runs an SMTP inspection device (a relay that masks STARTTLS as Cisco
-ASA's `inspect esmtp` does) on 10587; under `587-starttls-stripped` an nftables NAT
-redirect sends the client's connections to mbx1:587 through it.
+The router also runs dnsmasq (DNS_RECORDS, on ROUTER's addresses) and an SMTP inspection
+device (a relay that masks STARTTLS as Cisco ASA's `inspect esmtp` does) on 10587; under
+`587-starttls-stripped` an nftables NAT redirect sends the client's connections to
+mbx1:587 through it.  Certificates: `XLab.ca_pem` trusts the published names, SMTP, LDAPS
+and EXO; the backend site's (444) comes from a CA nobody trusts; `XLab.sha256` holds
+every leaf's fingerprint.
 
 Real postfix cannot list Exchange's X-EXPS and X-ANONYMOUSTLS: on 25/2525 its EHLO reply
 is PIPELINING, SIZE, VRFY, ETRN, STARTTLS, ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8,
@@ -509,10 +513,15 @@ def ruleset(name: str) -> str:
     return text
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     lab = XLab()
     if args[:1] == ["up"] and len(args) <= 2:
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` tears it down as Ctrl-C does
         lab.up()
         if len(args) == 2:
             lab.apply_rules(args[1])
