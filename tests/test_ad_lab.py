@@ -192,17 +192,19 @@ def test_gc_agrees_with_ldapsearch(adlab: AdLab) -> None:
 
 
 def test_smb_agrees_with_smbclient_and_rpcclient(adlab: AdLab) -> None:
-    """Samba's own clients: `smbclient -L -N` lists the DC by its NetBIOS name and
-    `rpcclient -N srvinfo` names it too; exprobe's NTLM identity says the same."""
-    listing = adlab.cli(["smbclient", "-L", f"//{DC[4]}", "-N"], timeout=60)
+    """Samba's own clients: `smbclient -L -N` lists the DC's shares anonymously over the
+    SMB dialect exprobe names, and `rpcclient -N srvinfo` names the server as exprobe's
+    NTLM identity does."""
+    listing = adlab.cli(["smbclient", "-L", f"//{DC[4]}", "-N", "-m", "SMB3_11"], timeout=60)
     assert "Anonymous login successful" in listing.stdout + listing.stderr
-    servers = dict(re.findall(r"^\s+(\S+)\s+(Samba \S+)$", listing.stdout, re.M))
+    assert re.search(r"^\s+IPC\$\s+IPC\s", listing.stdout, re.M), listing.stdout
     srvinfo = adlab.cli(["rpcclient", "-U", "", "-N", DC[4], "-c", "srvinfo"], timeout=60)
     assert srvinfo.returncode == 0, srvinfo.stderr
-    (name,) = re.findall(r"^\s+(\S+)\s+Wk Sv", srvinfo.stdout, re.M)
-    ntlm = check(adlab, "smb")["facts"]["ntlm"]
-    assert name == ntlm["netbios_computer"] == HOST
-    assert servers[HOST].startswith("Samba 4.")
+    ((name, comment),) = re.findall(r"^\s+(\S+)\s+Wk Sv.*?(Samba \S+)$", srvinfo.stdout, re.M)
+    r = check(adlab, "smb")
+    assert r["facts"]["dialect"] == "3.1.1"  # what smbclient -m SMB3_11 was allowed
+    assert name == r["facts"]["ntlm"]["netbios_computer"] == HOST
+    assert comment.startswith("Samba 4.")
 
 
 def test_gc_rejected_is_connection_refused(fw: AdLab) -> None:

@@ -175,7 +175,7 @@ CHANGES: dict[str, dict[tuple[str, str], Expected]] = {
         for run in ("client", "internet")},
     "rpc-verbs-refused": {(run, "outlook-anywhere"): ("fail", (
         f"Outlook Anywhere (RPC over HTTP) fails: 443 open, request failed ({NOT_EXCHANGE} "
-        "RPC_IN_DATA /rpc/rpcproxy.dll answered 405: a middlebox refuses th…)"), [
+        "RPC_IN_DATA /rpc/rpcproxy.dll answered 405: a middlebox refuses the RPC over HT…)"), [
         "A middlebox refuses the RPC over HTTP verbs: allow RPC_IN_DATA and RPC_OUT_DATA (and "
         "their 1 GB Content-Length) to /rpc/ on the reverse proxy or WAF."])
         for run in ("client", "internet")},
