@@ -19,7 +19,7 @@ the NTLM identity of /ews/, the certificate subject on 443, the TLS versions and
 TLS 1.2) cipher suites on 443, the EHLO keywords on 25, the DC's defaultNamingContext and
 SMB signing.  Then runs alternate (nmap, exprobe, ...) and the medians and ratio print.
 
-Usage (root):  python bench/modern_vs_nmap.py [--rounds 3]
+Usage (root):  python bench/modern_vs_nmap.py [--rounds 2]   (rounds after the compared one)
 """
 
 from __future__ import annotations
@@ -143,10 +143,13 @@ def compare(report: dict[str, Any], nmap: dict[str, Any]) -> list[str]:
     said.append(f"TLS versions {', '.join(sorted(theirs))} and their suites")
     # 5. EHLO keywords on 25.
     cmds = nmap[mbx1]["ports"][25]["scripts"].get("smtp-commands")
-    if cmds is not None:
-        listed = {w.split()[0].upper() for w in str(cmds.get("output", "")).split(", ") if w}
+    output = str(cmds.get("output", "")) if cmds is not None else ""
+    if output.startswith("Couldn't"):  # nmap's own connection failed: nothing to compare
+        said.append(f"EHLO keywords not compared (smtp-commands: {output.strip()[:60]})")
+    elif cmds is not None:
+        listed = {w.split()[0].upper() for w in output.split(", ") if w.strip()}
         ours_kw = set(by[(mbx1, "intra-25")]["facts"]["ehlo_extensions"])
-        assert ours_kw <= listed | {"PIPELINING"}, (ours_kw, listed)
+        assert ours_kw == listed, (ours_kw, listed)
         said.append("EHLO keywords")
     # 6. the DC's rootDSE and SMB signing.
     rootdse = nmap[dc]["ports"][389]["scripts"]["ldap-rootdse"]
@@ -173,22 +176,23 @@ def iana_names() -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     lab = XLab()
     lab.up()
     try:
-        _, out = timed(lab, EXPROBE)
+        first_ours, out = timed(lab, EXPROBE)
         report = json.loads(out)
         n_checks = sum(len(t["results"]) for t in report["targets"])
         n_facts = sum(len(r["facts"]) for t in report["targets"] for r in t["results"])
-        verdicts = [v["verdict"] for t in report["targets"] for v in t["scenarios"]]
+        verdicts = [v["verdict"] for t in report["targets"] for v in t.get("scenarios", [])]
         ports = ports_touched(report)
         nmap_cmd = nmap_argv(ports)
-        _, xml = timed(lab, nmap_cmd)
+        first_nmap, xml = timed(lab, nmap_cmd)
         said = compare(report, nmap_facts(xml))
-        t_ours: list[float] = []
-        t_nmap: list[float] = []
+        # The runs compared count as the first round (nmap's take minutes each).
+        t_ours: list[float] = [first_ours]
+        t_nmap: list[float] = [first_nmap]
         for _ in range(args.rounds):
             t_nmap.append(timed(lab, nmap_cmd)[0])
             t_ours.append(timed(lab, EXPROBE)[0])
@@ -202,7 +206,7 @@ def main() -> None:
               f" (runs {', '.join(f'{t:.2f}' for t in t_ours)})")
         print(f"nmap -sV --script {SCRIPTS} on the same ports of the 3 hosts: median"
               f" {mn:.2f} s (runs {', '.join(f'{t:.2f}' for t in t_nmap)})")
-        print(f"ratio nmap/exprobe: {mn / mo:.1f} ({args.rounds} interleaved rounds)")
+        print(f"ratio nmap/exprobe: {mn / mo:.1f} ({len(t_ours)} rounds)")
     finally:
         lab.down()
 
