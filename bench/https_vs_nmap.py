@@ -22,7 +22,6 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import iana_names, nmap_suites  # noqa: E402
 from tests.lab.weblab import PORTS, SERVER, WebLab  # noqa: E402
 
 VDIRS = ("owa", "ecp", "autodiscover", "ews", "mapi", "nspi", "rpc", "oab", "eas")
@@ -58,28 +58,6 @@ def profile(full: bool = False) -> str:
     names = ", ".join(f'"{n}"' for n in ("ews-ntlm", *VDIRS, *(("tls",) if full else ())))
     out += ["[scenarios.https]", 'title = "HTTPS"', f"all = [{names}]"]
     return "\n".join(out) + "\n"
-
-
-def iana_names() -> dict[str, str]:
-    """OpenSSL's cipher names to the IANA names nmap prints."""
-    out = subprocess.run(["openssl", "ciphers", "-stdname", "ALL:@SECLEVEL=0"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    pairs = (line.split(" - ", 1) for line in out.splitlines() if " - " in line)
-    return {rest.split()[0]: std.strip() for std, rest in pairs}
-
-
-def nmap_ciphers(text: str) -> dict[str, list[str]]:
-    """ssl-enum-ciphers' suites per TLS version."""
-    out: dict[str, list[str]] = {}
-    version = None
-    for line in text.splitlines():
-        m = re.match(r"\|\s+TLSv(1\.[0-3]):", line)
-        if m:
-            version = m.group(1)
-            out[version] = []
-        elif version and (m := re.match(r"\|\s+(TLS_[A-Z0-9_]+)", line)):
-            out[version].append(m.group(1))
-    return {v: sorted(s) for v, s in out.items()}
 
 
 def timed(lab: WebLab, argv: list[str]) -> tuple[float, str]:
@@ -135,9 +113,9 @@ def main() -> None:
         assert versions == theirs, (versions, theirs)
         names = iana_names()
         mine = {v: sorted(names[c] for c in cs) for v, cs in tls["facts"]["tls_ciphers"].items()}
-        nmap_suites = nmap_ciphers(nmap_full_out)
+        suites = nmap_suites(nmap_full_out)
         # TLS 1.3's suites cannot be offered one by one with Python's ssl: compared up to 1.2.
-        assert mine == {v: s for v, s in nmap_suites.items() if v != "1.3"}, (mine, nmap_suites)
+        assert mine == {v: s for v, s in suites.items() if v != "1.3"}, (mine, suites)
         n_suites = sum(len(s) for s in mine.values())
         t_nmap: list[float] = []
         t_ours: list[float] = []

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import iana_names  # noqa: E402
 from tests.lab.xlab import ADDR, DOMAIN, ROUTER, XLab  # noqa: E402
 
 MBX1 = f"mbx1.{DOMAIN}"
@@ -165,13 +165,6 @@ def compare(report: dict[str, Any], nmap: dict[str, Any]) -> list[str]:
         said.append("SMB signing")
     assert edge in nmap
     return said
-
-
-def iana_names() -> dict[str, str]:
-    out = subprocess.run(["openssl", "ciphers", "-stdname", "ALL:@SECLEVEL=0"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    pairs = (line.split(" - ", 1) for line in out.splitlines() if " - " in line)
-    return {rest.split()[0]: std.strip() for std, rest in pairs}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ are exactly the `Status` values.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -44,6 +45,18 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return self.status is Status.SUCCESS
+
+    def failed_after(self, step: str, message: str, facts: dict[str, Any]) -> CheckResult:
+        """This result restated as failed at `step` by what its derived checks found (a
+        lookup probe's `summarise`: no Autodiscover method carries, no MX accepts)."""
+        return dataclasses.replace(
+            self,
+            facts=facts,
+            status=Status.APPLICATION_ERROR,
+            port_state=PortState.UNKNOWN,
+            failed_step=step,
+            message=message,
+        )
 
     @property
     def endpoint(self) -> str:

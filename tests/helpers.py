@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,25 @@ def closed_port(host: str = "127.0.0.1") -> int:
     s.bind((host, 0))
     _HELD.append(s)
     return int(s.getsockname()[1])
+
+
+def iana_names() -> dict[str, str]:
+    """OpenSSL's cipher-suite names to the IANA names nmap prints (`openssl ciphers -stdname`)."""
+    out = subprocess.run(["openssl", "ciphers", "-stdname", "ALL:@SECLEVEL=0"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    pairs = (line.split(" - ", 1) for line in out.splitlines() if " - " in line)
+    return {rest.split()[0]: std.strip() for std, rest in pairs}
+
+
+def nmap_suites(text: str) -> dict[str, list[str]]:
+    """ssl-enum-ciphers' suites (IANA names) per TLS version, from nmap's normal output."""
+    out: dict[str, list[str]] = {}
+    version = None
+    for line in text.splitlines():
+        m = re.match(r"\|\s+TLSv(1\.[0-3]):", line)
+        if m:
+            version = m.group(1)
+            out[version] = []
+        elif version and (m := re.match(r"\|\s+(TLS_[A-Z0-9_]+)", line)):
+            out[version].append(m.group(1))
+    return {v: sorted(s) for v, s in out.items()}

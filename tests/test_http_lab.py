@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,17 +42,7 @@ BUILD = {
 }
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[WebLab]:
-    w = WebLab()
-    w.up()
-    try:
-        yield w
-    finally:
-        w.down()
-
-
-def check(lab: WebLab, probe: str, port: int, *sets: str, tls: bool = True,
+def check(weblab: WebLab, probe: str, port: int, *sets: str, tls: bool = True,
           host: str = SERVER[4]) -> dict[str, Any]:  # fmt: skip
     argv = [sys.executable, "-m", "exprobe", "check", host, probe, "--port", str(port),
             "--format", "json"]  # fmt: skip
@@ -61,7 +50,7 @@ def check(lab: WebLab, probe: str, port: int, *sets: str, tls: bool = True,
         argv += ["--tls", "implicit"]
     for s in sets:
         argv += ["--set", s]
-    proc = lab.cli(argv)
+    proc = weblab.cli(argv)
     assert proc.stdout, proc.stderr
     report = validate_report(json.loads(proc.stdout))
     (result,) = [r for t in report["targets"] for r in t["results"]]
@@ -75,8 +64,8 @@ def ntlm_facts(result: dict[str, Any]) -> dict[str, Any]:
     return got
 
 
-def test_http_over_tls_records_status_schemes_headers_certificate(lab: WebLab) -> None:
-    r = check(lab, "http", PORTS["ex1"], "path=/EWS/Exchange.asmx", "ntlm=true")
+def test_http_over_tls_records_status_schemes_headers_certificate(weblab: WebLab) -> None:
+    r = check(weblab, "http", PORTS["ex1"], "path=/EWS/Exchange.asmx", "ntlm=true")
     assert (r["status"], r["failed_step"]) == ("success", None)
     f = r["facts"]
     assert (f["status"], f["www_authenticate"], f["server"]) == (401, ["Negotiate", "NTLM"], "nginx/1.22.1")
@@ -84,13 +73,13 @@ def test_http_over_tls_records_status_schemes_headers_certificate(lab: WebLab) -
     assert f["exchange_build"] == BUILD
     assert f["ntlm_offered"] is True
     assert ntlm_facts(r) == EX1_NTLM
-    assert f["cert_sha256"] == lab.cert_sha256
+    assert f["cert_sha256"] == weblab.cert_sha256
     assert f["cert_san"] == ["DNS:mail.corp.example", "IP:10.252.0.2", "IP:fd00:e7::2"]
     assert r["message"] == "HTTP 401 (Negotiate, NTLM; X-FEServer EX1), NTLM ex1.corp.example, " + f["tls_version"]
 
 
-def test_check_view_with_path(lab: WebLab) -> None:
-    proc = lab.cli([sys.executable, "-m", "exprobe", "check", SERVER[4], "http", "--path", "/owa/",
+def test_check_view_with_path(weblab: WebLab) -> None:
+    proc = weblab.cli([sys.executable, "-m", "exprobe", "check", SERVER[4], "http", "--path", "/owa/",
                     "--tls", "implicit"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -99,20 +88,20 @@ def test_check_view_with_path(lab: WebLab) -> None:
     assert "  C GET /owa/ HTTP/1.1 (40 bytes)" in lines
 
 
-def test_http_plain_over_ipv6_with_expect_status(lab: WebLab) -> None:
-    r = check(lab, "http", PORTS["plain"], "path=/owa/", "expect_status=302", tls=False, host=SERVER[6])
+def test_http_plain_over_ipv6_with_expect_status(weblab: WebLab) -> None:
+    r = check(weblab, "http", PORTS["plain"], "path=/owa/", "expect_status=302", tls=False, host=SERVER[6])
     assert r["status"] == "success"
     assert r["facts"]["location"] == (
         "https://ex1.corp.example/owa/auth/logon.aspx?url=https%3a%2f%2fex1.corp.example/owa/&reason=0")
-    r = check(lab, "http", PORTS["plain"], "path=/owa/", "expect_status=200", tls=False)
+    r = check(weblab, "http", PORTS["plain"], "path=/owa/", "expect_status=200", tls=False)
     assert (r["status"], r["failed_step"]) == ("application-error", "expect")
 
 
-def test_ntlm_agrees_with_nmap(lab: WebLab) -> None:
-    proc = lab.cli(["nmap", "-Pn", "-n", "-p", str(PORTS["ex1"]), "--script", "http-ntlm-info",
+def test_ntlm_agrees_with_nmap(weblab: WebLab) -> None:
+    proc = weblab.cli(["nmap", "-Pn", "-n", "-p", str(PORTS["ex1"]), "--script", "http-ntlm-info",
                     "--script-args", "http-ntlm-info.root=/ews/", SERVER[4]])  # fmt: skip
     nmap = dict(re.findall(r"\|_?\s+(\w+): (\S+)", proc.stdout))
-    r = check(lab, "http", PORTS["ex1"], "path=/ews/", "ntlm=true")
+    r = check(weblab, "http", PORTS["ex1"], "path=/ews/", "ntlm=true")
     ours = ntlm_facts(r)
     assert nmap == {
         "Target_Name": ours["target_name"],
@@ -139,9 +128,9 @@ def test_ntlm_agrees_with_nmap(lab: WebLab) -> None:
         ("eas", 401, ["Basic"]),
     ],
 )
-def test_exchange_vdirs_through_nginx(lab: WebLab, vdir: str, status: int, schemes: list[str]) -> None:
-    r = check(lab, "exchange-http", PORTS["ex1"], f"vdir={vdir}", "expect_server=ex1.corp.example",
-              f"expect_cert_sha256={lab.cert_sha256}")  # fmt: skip
+def test_exchange_vdirs_through_nginx(weblab: WebLab, vdir: str, status: int, schemes: list[str]) -> None:
+    r = check(weblab, "exchange-http", PORTS["ex1"], f"vdir={vdir}", "expect_server=ex1.corp.example",
+              f"expect_cert_sha256={weblab.cert_sha256}")  # fmt: skip
     assert (r["status"], r["failed_step"]) == ("success", None), r["message"]
     f = r["facts"]
     assert (f["status"], f["www_authenticate"]) == (status, schemes)
@@ -158,35 +147,35 @@ def test_exchange_vdirs_through_nginx(lab: WebLab, vdir: str, status: int, schem
         assert (f["rpc_verbs"], f["rpc_out"]["status"]) == ("carried", 401)
 
 
-def test_mapi_refused_by_the_proxy_is_intercepted(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["refuse"], "vdir=mapi")
+def test_mapi_refused_by_the_proxy_is_intercepted(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["refuse"], "vdir=mapi")
     assert (r["status"], r["failed_step"]) == ("intercepted", "request")
     assert r["message"] == "intercepted: POST /mapi/emsmdb/ answered 403 without any Exchange header"
     ev = r["facts"]["interception"]
     assert (ev["status"], ev["server"], ev["html"]) == (403, "nginx/1.22.1", True)
 
 
-def test_rpc_verbs_refused_by_the_proxy_is_intercepted(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["refuse"], "vdir=rpc")
+def test_rpc_verbs_refused_by_the_proxy_is_intercepted(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["refuse"], "vdir=rpc")
     assert (r["status"], r["failed_step"]) == ("intercepted", "request")
     assert r["message"] == (
         "intercepted: RPC_IN_DATA /rpc/rpcproxy.dll answered 405: a middlebox refuses the RPC over HTTP verbs")
     assert r["facts"]["rpc_verbs"] == "refused"
     # The same proxy passes the other vdirs: Exchange answers there.
-    assert check(lab, "exchange-http", PORTS["refuse"], "vdir=ews")["status"] == "success"
+    assert check(weblab, "exchange-http", PORTS["refuse"], "vdir=ews")["status"] == "success"
 
 
-def test_waf_login_page_is_intercepted(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["waf"], "vdir=ews")
+def test_waf_login_page_is_intercepted(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["waf"], "vdir=ews")
     assert (r["status"], r["failed_step"]) == ("intercepted", "request")
     assert r["message"] == "intercepted: GET /EWS/Exchange.asmx answered 302 without any Exchange header"
     assert r["facts"]["interception"]["location"] == f"https://10.252.0.2:{PORTS['waf']}/login"
-    r = check(lab, "http", PORTS["waf"], "path=/login")
+    r = check(weblab, "http", PORTS["waf"], "path=/login")
     assert (r["status"], r["facts"]["status"], r["facts"]["content_type"]) == ("success", 200, "text/html")
 
 
-def test_auth_offload_is_intercepted(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["strip"], "vdir=ews")
+def test_auth_offload_is_intercepted(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["strip"], "vdir=ews")
     assert (r["status"], r["failed_step"]) == ("intercepted", "request")
     assert r["message"] == (
         "intercepted: GET /EWS/Exchange.asmx answered 401 without NTLM or Negotiate, which Exchange offers there")
@@ -194,27 +183,27 @@ def test_auth_offload_is_intercepted(lab: WebLab) -> None:
     assert r["facts"]["exchange_headers"]["X-FEServer"] == "EX1"
 
 
-def test_another_certificate_is_intercepted(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["inspect"], "vdir=owa", f"expect_cert_sha256={lab.cert_sha256}")
+def test_another_certificate_is_intercepted(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["inspect"], "vdir=owa", f"expect_cert_sha256={weblab.cert_sha256}")
     assert (r["status"], r["failed_step"]) == ("intercepted", "certificate")
     assert r["facts"]["interception"] == {
-        "expected_cert_sha256": lab.cert_sha256, "cert_sha256": lab.other_sha256,
+        "expected_cert_sha256": weblab.cert_sha256, "cert_sha256": weblab.other_sha256,
         "reason": "the certificate is not the server's (SHA-256 differs)"}
 
 
-def test_another_server_behind_the_name_is_intercepted(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["ex2"], "vdir=ews", "expect_server=ex1.corp.example")
+def test_another_server_behind_the_name_is_intercepted(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["ex2"], "vdir=ews", "expect_server=ex1.corp.example")
     assert (r["status"], r["failed_step"]) == ("intercepted", "request")
     assert r["message"] == "intercepted: X-FEServer names EX2, not ex1.corp.example"
 
 
-def test_pool_shows_both_members(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["pool"], "vdir=owa")
+def test_pool_shows_both_members(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["pool"], "vdir=owa")
     assert r["status"] == "success"
     seen = {r["facts"]["exchange_headers"]["X-FEServer"].lower(), r["facts"]["healthcheck"]["fqdn"].split(".")[0]}
     assert seen == {"ex1", "ex2"}  # round robin per request, one upstream connection each
 
 
-def test_nftables_reset(lab: WebLab) -> None:
-    r = check(lab, "exchange-http", PORTS["reset"], "vdir=owa")
+def test_nftables_reset(weblab: WebLab) -> None:
+    r = check(weblab, "exchange-http", PORTS["reset"], "vdir=owa")
     assert (r["status"], r["port_state"], r["failed_step"]) == ("connection-refused", "closed", "connect")

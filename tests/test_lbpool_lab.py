@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,17 +21,7 @@ pytestmark = pytest.mark.lab
 EX1, EX2, EX3 = "EX1 (ex1.corp.example)", "EX2 (ex2.corp.example)", "EX3 (ex3.corp.example)"
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[WebLab]:
-    w = WebLab()
-    w.up()
-    try:
-        yield w
-    finally:
-        w.down()
-
-
-def pool(lab: WebLab, port: int, *sets: str, family: int = 4) -> tuple[int, list[dict[str, Any]]]:
+def pool(weblab: WebLab, port: int, *sets: str, family: int = 4) -> tuple[int, list[dict[str, Any]]]:
     """`exprobe check VIP lb-pool`: exit code, then the pool's result and every other."""
     argv = [sys.executable, "-m", "exprobe", "check", SERVER[family], "lb-pool", "--port",
             str(port), "--tls", "implicit", "--dns-server", DNS[4], "--format", "json"]  # fmt: skip
@@ -40,9 +29,9 @@ def pool(lab: WebLab, port: int, *sets: str, family: int = 4) -> tuple[int, list
         argv += ["--set", s]
     # The report (200 kB with the default 64 requests) goes to a file: through a pipe it
     # came out short now and then on a loaded machine (see the lead's notes).
-    assert lab.dir is not None
-    out = lab.dir / "lbpool.json"
-    proc = lab.cli(["sh", "-c", 'exec "$@" > "$0"', str(out), *argv])
+    assert weblab.dir is not None
+    out = weblab.dir / "lbpool.json"
+    proc = weblab.cli(["sh", "-c", 'exec "$@" > "$0"', str(out), *argv])
     assert out.stat().st_size, proc.stderr
     report = validate_report(json.loads(out.read_text()))
     results = [r for t in report["targets"] for r in t["results"]]
@@ -67,8 +56,8 @@ def at(family: int, name: str, port: int = 443) -> str:
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_reencrypting_pool_two_members_same_certificate(lab: WebLab, family: int) -> None:
-    code, results = pool(lab, PORTS["reencrypt"], family=family)
+def test_reencrypting_pool_two_members_same_certificate(weblab: WebLab, family: int) -> None:
+    code, results = pool(weblab, PORTS["reencrypt"], family=family)
     r = results[0]
     assert (code, r["status"], r["failed_step"]) == (0, "success", None)
     assert r["message"] == (f"2 member(s) seen in 64 answer(s) to 64 request(s): {EX1} x32,"
@@ -82,12 +71,12 @@ def test_reencrypting_pool_two_members_same_certificate(lab: WebLab, family: int
     assert f["requests"] == {"rounds": 8, "sent": 64, "answered": 64, "unanswered": 0,
                              "vdirs": ["owa", "ecp", "ews", "mapi", "rpc", "oab", "autodiscover",
                                        "eas"]}  # fmt: skip
-    assert [(c["sha256"], c["seen_count"]) for c in f["vip_certificates"]] == [(lab.cert_sha256, 64)]
+    assert [(c["sha256"], c["seen_count"]) for c in f["vip_certificates"]] == [(weblab.cert_sha256, 64)]
     assert f["offload"] == {"suspected": False, "evidence": (
         f"the VIP and 2 member(s) asked directly present the same certificate"
-        f" (sha256 {lab.cert_sha256[:16]}...) and TLS version")}  # fmt: skip
+        f" (sha256 {weblab.cert_sha256[:16]}...) and TLS version")}  # fmt: skip
     for m in f["members"]:
-        assert m["direct"]["cert_sha256"] == lab.cert_sha256
+        assert m["direct"]["cert_sha256"] == weblab.cert_sha256
         assert [a["status"] for a in m["direct"]["answers"]] == [200] * 8
     # Which member each vdir's requests reach depends on their order (8 at a time): only
     # the totals are fixed.
@@ -104,8 +93,8 @@ def test_reencrypting_pool_two_members_same_certificate(lab: WebLab, family: int
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_ssl_offloading_is_a_warning_naming_extended_protection(lab: WebLab, family: int) -> None:
-    code, results = pool(lab, PORTS["offload"], "vdirs=owa,ews", family=family)
+def test_ssl_offloading_is_a_warning_naming_extended_protection(weblab: WebLab, family: int) -> None:
+    code, results = pool(weblab, PORTS["offload"], "vdirs=owa,ews", family=family)
     r = results[0]
     assert (code, r["status"]) == (0, "success")
     assert members(r) == [
@@ -113,19 +102,19 @@ def test_ssl_offloading_is_a_warning_naming_extended_protection(lab: WebLab, fam
         ("ex2.corp.example", "EX2", 8, True, at(family, "EX2"), "success"),
     ]
     f = r["facts"]
-    assert [c["sha256"] for c in f["vip_certificates"]] == [lab.lb_sha256]
+    assert [c["sha256"] for c in f["vip_certificates"]] == [weblab.lb_sha256]
     subject = f["vip_certificates"][0]["subject"]
     member_subject = f["members"][0]["direct"]["cert_subject"]
-    evidence = (f"the VIP presents {subject} (sha256 {lab.lb_sha256[:16]}...) but directly"
-                f" {EX1} and {EX2} {member_subject} (sha256 {lab.cert_sha256[:16]}...)")  # fmt: skip
+    evidence = (f"the VIP presents {subject} (sha256 {weblab.lb_sha256[:16]}...) but directly"
+                f" {EX1} and {EX2} {member_subject} (sha256 {weblab.cert_sha256[:16]}...)")  # fmt: skip
     assert f["offload"] == {"suspected": True, "evidence": evidence}
     assert ours(r) == [f"SSL offloading suspected: {evidence}. {EP_REASON}"]
     assert EP_REASON == ("SSL offloading breaks Extended Protection, which Exchange 2019 CU14"
                          " and later enable at setup (CSS-Exchange Emerging-Issues)")  # fmt: skip
 
 
-def test_members_that_speak_plain_http_behind_a_tls_vip(lab: WebLab) -> None:
-    code, results = pool(lab, PORTS["pool"], "vdirs=owa", "requests=4",
+def test_members_that_speak_plain_http_behind_a_tls_vip(weblab: WebLab) -> None:
+    code, results = pool(weblab, PORTS["pool"], "vdirs=owa", "requests=4",
                          f"members=http://{MEMBERS['EX1'][4]},http://{MEMBERS['EX2'][4]}")  # fmt: skip
     r = results[0]
     assert (code, r["status"]) == (0, "success")
@@ -142,9 +131,9 @@ def test_members_that_speak_plain_http_behind_a_tls_vip(lab: WebLab) -> None:
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_offline_owa_on_a_listed_member_names_member_and_vdir(lab: WebLab, family: int) -> None:
+def test_offline_owa_on_a_listed_member_names_member_and_vdir(weblab: WebLab, family: int) -> None:
     listed = f"members={MEMBERS['EX1'][family]},{MEMBERS['EX3'][family]}"
-    code, results = pool(lab, PORTS["offline"], "vdirs=owa", listed, family=family)
+    code, results = pool(weblab, PORTS["offline"], "vdirs=owa", listed, family=family)
     r = results[0]
     assert (code, r["status"], r["failed_step"]) == (1, "application-error", "members")
     assert r["message"] == (
@@ -160,8 +149,8 @@ def test_offline_owa_on_a_listed_member_names_member_and_vdir(lab: WebLab, famil
     assert ours(r) == []
 
 
-def test_offline_owa_found_without_members_list(lab: WebLab) -> None:
-    code, results = pool(lab, PORTS["offline"], "vdirs=owa")
+def test_offline_owa_found_without_members_list(weblab: WebLab) -> None:
+    code, results = pool(weblab, PORTS["offline"], "vdirs=owa")
     r = results[0]
     assert (code, r["status"]) == (1, "application-error")
     assert r["message"] == (
@@ -176,8 +165,8 @@ def test_offline_owa_found_without_members_list(lab: WebLab) -> None:
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_member_fqdn_in_no_dns_is_reported_not_guessed(lab: WebLab, family: int) -> None:
-    code, results = pool(lab, PORTS["ghost"], "vdirs=owa", family=family)
+def test_member_fqdn_in_no_dns_is_reported_not_guessed(weblab: WebLab, family: int) -> None:
+    code, results = pool(weblab, PORTS["ghost"], "vdirs=owa", family=family)
     r = results[0]
     # The pool is healthy; the exit code is 1 because one of its checks (the lookup) failed.
     assert (code, r["status"]) == (1, "success")
@@ -193,15 +182,15 @@ def test_member_fqdn_in_no_dns_is_reported_not_guessed(lab: WebLab, family: int)
     assert ours(r) == [f"EX4 (ex4.corp.example) not compared directly: {reason}"]
 
 
-def test_one_member_seen_warns_only_when_members_lists_more(lab: WebLab) -> None:
-    code, results = pool(lab, PORTS["ex2"], "vdirs=owa", "requests=3")
+def test_one_member_seen_warns_only_when_members_lists_more(weblab: WebLab) -> None:
+    code, results = pool(weblab, PORTS["ex2"], "vdirs=owa", "requests=3")
     r = results[0]
     assert (code, r["status"], r["facts"]["pool_size_seen"]) == (0, "success", 1)
     assert r["message"] == ("1 member(s) seen in 3 answer(s) to 3 request(s): "
                             f"{EX2} x3; every answer healthy")  # fmt: skip
     assert ours(r) == []
     listed = f"members={MEMBERS['EX1'][4]},{MEMBERS['EX2'][4]}"
-    code, results = pool(lab, PORTS["ex2"], "vdirs=owa", "requests=3", listed)
+    code, results = pool(weblab, PORTS["ex2"], "vdirs=owa", "requests=3", listed)
     r = results[0]
     assert (code, r["status"], r["facts"]["pool_size_seen"]) == (0, "success", 1)
     assert members(r) == [
@@ -211,8 +200,8 @@ def test_one_member_seen_warns_only_when_members_lists_more(lab: WebLab) -> None
     assert ours(r) == [f"members lists 2 but only {EX2} answered in 3 answer(s) via the VIP"]
 
 
-def test_vip_that_resets_asks_nothing_further(lab: WebLab) -> None:
-    code, results = pool(lab, PORTS["reset"])
+def test_vip_that_resets_asks_nothing_further(weblab: WebLab) -> None:
+    code, results = pool(weblab, PORTS["reset"])
     assert code == 1
     assert [(x["probe"], x["status"], x["failed_step"]) for x in results] == [
         ("lb-pool", "connection-refused", "connect")]
@@ -239,8 +228,8 @@ print(json.dumps({"status": r.status.value, "message": r.message, "offload": r.f
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_python_api(lab: WebLab, family: int) -> None:
-    proc = lab.cli([sys.executable, "-c", API, SERVER[family], str(PORTS["offload"]), DNS[4]])
+def test_python_api(weblab: WebLab, family: int) -> None:
+    proc = weblab.cli([sys.executable, "-c", API, SERVER[family], str(PORTS["offload"]), DNS[4]])
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert (got["status"], got["offload"]["suspected"]) == ("success", True)

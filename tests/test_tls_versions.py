@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.helpers import exprobe, validate_report
+from tests.helpers import exprobe, iana_names, nmap_suites, validate_report
 
 OPENSSL = shutil.which("openssl") or "openssl"
 
@@ -114,30 +114,11 @@ def test_check_command_flag_and_bad_version() -> None:
                            " of 1.0, 1.1, 1.2, 1.3\n")  # fmt: skip
 
 
-def iana_names() -> dict[str, str]:
-    """OpenSSL's cipher names to the IANA names nmap prints (`openssl ciphers -stdname`)."""
-    out = subprocess.run([OPENSSL, "ciphers", "-stdname", "ALL:@SECLEVEL=0"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    pairs = (line.split(" - ", 1) for line in out.splitlines() if " - " in line)
-    return {rest.split()[0]: std.strip() for std, rest in pairs}
-
-
 def nmap_ciphers(port: int) -> dict[str, set[str]]:
     proc = subprocess.run(["nmap", "-Pn", "-n", "-p", str(port), "--script", "ssl-enum-ciphers",
                            "127.0.0.1"], capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    out: dict[str, set[str]] = {}
-    version = None
-    for line in proc.stdout.splitlines():
-        m = re.match(r"\|\s+TLSv(1\.[0-3]):", line)
-        if m:
-            version = m.group(1)
-            out[version] = set()
-            continue
-        m = re.match(r"\|\s+(TLS_[A-Z0-9_]+)", line)
-        if m and version:
-            out[version].add(m.group(1))
-    return out
+    return {v: set(s) for v, s in nmap_suites(proc.stdout).items()}
 
 
 SUITES = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-SHA:AES256-SHA:AES128-GCM-SHA256"

@@ -31,7 +31,6 @@ from exprobe.net.dns import Resolver
 from exprobe.net.stream import Stream
 from exprobe.probes.base import CheckSpec, Params, ProbeContext, register
 from exprobe.result import CheckResult
-from exprobe.status import PortState, Status
 
 PATH = "/autodiscover/autodiscover.xml"
 METHOD_NAMES = {1: "root domain", 2: "autodiscover host", 3: "HTTP redirect", 4: "SRV record"}
@@ -170,13 +169,8 @@ def summarise(result: CheckResult, kids: list[CheckResult]) -> CheckResult:
         message = (f"Outlook ends on method {chosen} ({METHOD_NAMES[chosen]},"
                    f" {infos[chosen].get('url')}){before}")  # fmt: skip
         return dataclasses.replace(result, facts=facts, message=message)
-    return dataclasses.replace(
-        result,
-        facts=facts,
-        status=Status.APPLICATION_ERROR,
-        port_state=PortState.UNKNOWN,
-        failed_step="methods",
-        message="no Autodiscover method carries: " + "; ".join(failed),
+    return result.failed_after(
+        "methods", "no Autodiscover method carries: " + "; ".join(failed), facts
     )
 
 

@@ -26,7 +26,6 @@ from exprobe.probes.autodiscover import DOMAIN_RE
 from exprobe.probes.base import CheckSpec, ProbeContext, register
 from exprobe.probes.smtp import SmtpParams
 from exprobe.result import CheckResult
-from exprobe.status import PortState, Status
 
 MAX_ADDRESSES = 4  # per exchanger: enough for dual stack and a small round robin
 
@@ -122,14 +121,7 @@ def summarise(result: CheckResult, kids: list[CheckResult]) -> CheckResult:
             bad.append(f"{h['host']} ({what})")
     facts = {**result.facts, "exchangers": hosts}
     if not ok:
-        return dataclasses.replace(
-            result,
-            facts=facts,
-            status=Status.APPLICATION_ERROR,
-            port_state=PortState.UNKNOWN,
-            failed_step="exchangers",
-            message="no MX accepts mail: " + "; ".join(bad),
-        )
+        return result.failed_after("exchangers", "no MX accepts mail: " + "; ".join(bad), facts)
     warnings = (*result.warnings, *(f"MX {b} does not accept mail" for b in bad))
     message = f"mail gets in via {', '.join(ok)}"
     if bad:

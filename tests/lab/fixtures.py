@@ -24,6 +24,7 @@ import pytest
 
 from tests.lab.adlab import AdLab
 from tests.lab.lab import Lab, LabError, preflight
+from tests.lab.weblab import WebLab
 from tests.lab.xlab import XLab
 
 __all__ = ["fw", "lab"]
@@ -84,6 +85,18 @@ def adlab() -> Iterator[AdLab]:
     """The Samba AD DC lab (tests/lab/adlab.py), up for the whole session; the tests
     that use it are marked `lab`."""
     lab = AdLab()
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def weblab() -> Iterator[WebLab]:
+    """The web lab (tests/lab/weblab.py: nginx in front of scripted Exchange backends, the
+    pools and middleboxes), up for the whole session; its tests are marked `lab`."""
+    lab = WebLab()
     lab.up()
     try:
         yield lab
