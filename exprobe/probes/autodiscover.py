@@ -52,6 +52,19 @@ class AutodiscoverParams(Params):
             raise ValueError(f"methods {self.methods!r}: each must be 1, 2, 3 or 4")
 
 
+def lookup_start(ctx: ProbeContext, domain: str) -> tuple[str, Resolver]:
+    """The `resolve` step of a lookup probe (autodiscover, mx): the domain (the parameter,
+    else the target), checked, and the resolver (`--dns-server`), both in the facts."""
+    ctx.step("resolve")
+    name = (domain or ctx.check.server_name or ctx.check.target).rstrip(".").lower()
+    if not DOMAIN_RE.fullmatch(name):
+        raise ApplicationError(f"{name!r} is not a DNS domain")
+    resolver = Resolver(ctx.dns_server)
+    ctx.facts["domain"] = name
+    ctx.facts["dns_server"] = resolver.label
+    return name, resolver
+
+
 def _host(url_host: str, port: int) -> str:
     return url_host if port in (443, 80) else f"{url_host}:{port}"
 
@@ -210,13 +223,7 @@ async def autodiscover(
     stream: Stream | None, params: AutodiscoverParams, ctx: ProbeContext
 ) -> None:
     """Resolve the four methods' names; derive a check per method that has an address."""
-    ctx.step("resolve")
-    domain = (params.domain or ctx.check.server_name or ctx.check.target).rstrip(".").lower()
-    if not DOMAIN_RE.fullmatch(domain):
-        raise ApplicationError(f"{domain!r} is not a DNS domain")
-    resolver = Resolver(ctx.dns_server)
-    ctx.facts["domain"] = domain
-    ctx.facts["dns_server"] = resolver.label
+    domain, resolver = lookup_start(ctx, params.domain)
     plan = await _lookups(domain, resolver, lifetime=5.0)
     ctx.facts["methods"] = [plan[n] for n in sorted(plan) if n in params.methods]
     tried = [n for n in sorted(params.methods) if plan[n].get("address")]

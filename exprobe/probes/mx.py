@@ -22,7 +22,7 @@ from typing import Any
 from exprobe.errors import ApplicationError
 from exprobe.net.dns import Resolver
 from exprobe.net.stream import Stream
-from exprobe.probes.autodiscover import DOMAIN_RE
+from exprobe.probes.autodiscover import lookup_start
 from exprobe.probes.base import CheckSpec, ProbeContext, register
 from exprobe.probes.smtp import SmtpParams
 from exprobe.result import CheckResult
@@ -139,13 +139,7 @@ def summarise(result: CheckResult, kids: list[CheckResult]) -> CheckResult:
 )
 async def mx(stream: Stream | None, params: MxParams, ctx: ProbeContext) -> None:
     """Resolve the MX records and their addresses; derive an SMTP check per address."""
-    ctx.step("resolve")
-    domain = (params.domain or ctx.check.server_name or ctx.check.target).rstrip(".").lower()
-    if not DOMAIN_RE.fullmatch(domain):
-        raise ApplicationError(f"{domain!r} is not a DNS domain")
-    resolver = Resolver(ctx.dns_server)
-    ctx.facts["domain"] = domain
-    ctx.facts["dns_server"] = resolver.label
+    domain, resolver = lookup_start(ctx, params.domain)
     hosts, failure = await _exchangers(domain, resolver, params.max_hosts)
     if failure is not None:
         raise ApplicationError(f"no MX to deliver to: {failure}")

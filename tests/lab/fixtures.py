@@ -19,6 +19,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -80,37 +81,39 @@ def fw(lab: Lab) -> Iterator[Callable[..., None]]:
     lab.set_firewall()
 
 
-@pytest.fixture(scope="session")
-def adlab() -> Iterator[AdLab]:
-    """The Samba AD DC lab (tests/lab/adlab.py), up for the whole session; the tests
-    that use it are marked `lab`."""
-    lab = AdLab()
+class _Lab(Protocol):
+    def up(self) -> None: ...
+    def down(self) -> None: ...
+
+
+L = TypeVar("L", bound=_Lab)
+
+
+def _up(lab: L) -> Iterator[L]:
+    """`lab` up for as long as the fixture lives, down after whatever happens."""
     lab.up()
     try:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="session")
+def adlab() -> Iterator[AdLab]:
+    """The Samba AD DC lab (tests/lab/adlab.py), up for the whole session; the tests
+    that use it are marked `lab`."""
+    yield from _up(AdLab())
 
 
 @pytest.fixture(scope="session")
 def weblab() -> Iterator[WebLab]:
     """The web lab (tests/lab/weblab.py: nginx in front of scripted Exchange backends, the
     pools and middleboxes), up for the whole session; its tests are marked `lab`."""
-    lab = WebLab()
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
+    yield from _up(WebLab())
 
 
 @pytest.fixture(scope="session")
 def xlab() -> Iterator[XLab]:
     """The modern Exchange lab (tests/lab/xlab.py), up for the whole session under rule
     set `open`; the tests that use it are marked `lab`."""
-    lab = XLab()
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
+    yield from _up(XLab())
