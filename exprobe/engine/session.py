@@ -205,13 +205,21 @@ def summarise(report: RunReport) -> None:
     hooks = {p: get_probe(p).summarise for p in {r.probe for r in results}}
     if not any(hooks.values()):
         return
-    by_id = {(r.target, r.address, r.id): r for r in results}
+    # Indexes built once: a sweep of many TLS checks must not search all results for
+    # each one's children.  A parent is at the child's address, or (a lookup probe's
+    # methods at other hosts) at no address of the same target.
+    by_id: dict[tuple[str, str | None, str], CheckResult] = {}
+    children: dict[tuple[str, str], list[CheckResult]] = {}
+    for r in results:
+        by_id[(r.target, r.address, r.id)] = r
+        if r.parent is not None:
+            children.setdefault((r.target, r.parent), []).append(r)
 
     def depth(r: CheckResult) -> int:
         n = 0
         while r.parent is not None and n < 64:
-            up = by_id.get((r.target, r.address, r.parent)) or next(
-                (c for c in results if c.id == r.parent and c.target == r.target), None
+            up = by_id.get((r.target, r.address, r.parent)) or by_id.get(
+                (r.target, None, r.parent)
             )
             if up is None:
                 break
@@ -224,7 +232,7 @@ def summarise(report: RunReport) -> None:
     for r in sorted(results, key=depth, reverse=True):
         hook = hooks[r.probe]
         if hook is not None:
-            kids = [new.get(id(c), c) for c in results if c.parent == r.id and c.target == r.target]
+            kids = [new.get(id(c), c) for c in children.get((r.target, r.id), [])]
             new[id(r)] = hook(r, kids)
     report.replace_results(new)
 
