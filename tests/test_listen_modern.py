@@ -1000,3 +1000,54 @@ def test_session_eof_between_requests_and_mid_request() -> None:
     assert session.receive(b"GET / HT") == b""
     assert session.receive(b"") == b""
     assert (session.closed, session.outcome) == (True, "peer closed mid-request")
+
+
+def test_every_output_and_change_window_tool_takes_the_modern_profile(tmp_path: Path) -> None:
+    """exchange2019 from the admin vantage (the remote shell) against the listener, through
+    each output format, --expect, diff and watch: the new verdicts travel unchanged."""
+    defs, kw = ex2019()
+    t = ThreadedListener(defs, plan_kw=kw, name=NAME, offsets=LOW_OFFSETS)
+    base = ("run", HOST, "-p", "exchange2019", "--port-offset", str(t.offset))
+    try:
+        # admin: remote-shell passes; mbx: three scenarios skipped for unbound roles.
+        for vantage, fmt in (("admin", "json"), ("mbx", "json")):
+            proc = exprobe(*base, "--vantage", vantage, "--format", fmt, "-o",
+                           str(tmp_path / f"{vantage}.json"), timeout=90)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+        mbx = validate_report(json.loads((tmp_path / "mbx.json").read_text()))
+        skipped = sorted(v["id"] for v in mbx["targets"][0]["scenarios"]
+                         if v["verdict"] == "skipped")  # fmt: skip
+        assert skipped == ["dag", "directory", "edge-subscription"]
+        assert mbx["summary"]["scenarios"] == {"pass": 2, "fail": 0, "skipped": 3}
+        proc = exprobe(*base, "--vantage", "mbx", "--format", "nagios", timeout=90)
+        assert proc.returncode == 1, proc.stdout  # WARNING: 444's self-signed certificate
+        assert proc.stdout.startswith(
+            "EXPROBE WARNING - 2 of 5 scenarios pass on 1 address (3 skipped), 1 warning: ")
+        assert "'scenarios_pass'=2;;;0;5 'scenarios_fail'=0;;;0;5 'scenarios_other'=3;;;0;5" \
+            in proc.stdout
+        assert proc.stdout.count("\nSKIPPED ") == 3
+        proc = exprobe(*base, "--vantage", "mbx", "--format", "prometheus", timeout=90)
+        assert proc.returncode == 0
+        assert proc.stdout.count('verdict="skipped"} 1.0') == 3
+        proc = exprobe(*base, "--vantage", "mbx", "--format", "junit", timeout=90)
+        assert (proc.returncode, proc.stdout.count("<skipped ")) == (0, 3)
+        proc = exprobe(*base, "--vantage", "mbx", "--format", "jsonl", timeout=90)
+        records = [json.loads(x) for x in proc.stdout.splitlines()]
+        assert [r["verdict"] for r in records if r["type"] == "scenario"].count("skipped") == 3
+        # --expect: the remote shell must pass from the admin subnet.
+        expect = tmp_path / "expect.toml"
+        expect.write_text('schema_version = 1\n[[expect]]\nname = "shell"\n'
+                          'target = "*"\npass = ["remote-shell"]\n')  # fmt: skip
+        proc = exprobe(*base, "--vantage", "admin", "--expect", str(expect), timeout=90)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # diff: the same vantage twice has nothing to report.
+        proc = exprobe("diff", str(tmp_path / "admin.json"), str(tmp_path / "admin.json"))
+        assert proc.returncode == 0, proc.stdout
+        # watch: one run, every scenario shown, nothing failed.
+        proc = exprobe("watch", HOST, "-p", "exchange2019", "--port-offset", str(t.offset),
+                       "--vantage", "mbx", "--max-runs", "1", timeout=90)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout
+        assert proc.stdout.count("SKIPPED") >= 3
+        no_responder_errors(t)
+    finally:
+        t.close()

@@ -92,6 +92,18 @@ def gather_targets(args: list[str], files: list[str], *, yes: bool) -> list[Targ
     return targets
 
 
+def check_port_offset(defs: list[CheckDef], offset: int) -> None:
+    """`--port-offset` must keep every check's port within 1-65535 (exit 2 otherwise)."""
+    if not offset:
+        return
+    for d in defs:
+        port = d.resolved_port(offset)
+        if not 1 <= port <= 65535:
+            raise InputError(
+                f"--port-offset {offset}: check {d.id!r} would use port {port}, outside 1-65535"
+            )
+
+
 def validate_source(source: str | None) -> None:
     """A source address must be an address of this machine: test-bind it once."""
     if not source:

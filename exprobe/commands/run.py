@@ -26,6 +26,7 @@ from exprobe.commands.common import (
     ProfilePlan,
     adhoc_defs,
     bind_roles,
+    check_port_offset,
     gather_targets,
     make_resolver,
     profile_plan,
@@ -291,6 +292,7 @@ def run(
         expectations.check_scenarios(bool(profile), [s.id for s in scenarios] if profile else None)
         # Ports named by expectations get a TCP connect check unless a check covers them.
         defs = expectations.add_port_checks(defs, port_offset)
+    check_port_offset(defs, port_offset)
     target_list = gather_targets(targets or [], targets_file or [], yes=yes)
     if pplan is not None:
         target_list = bind_roles(pplan, target_list, role)

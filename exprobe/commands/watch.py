@@ -30,6 +30,7 @@ from exprobe.commands.common import (
     ProfilePlan,
     adhoc_defs,
     bind_roles,
+    check_port_offset,
     gather_targets,
     profile_plan,
     trace_options,
@@ -425,6 +426,7 @@ def watch(
         defs, scenarios = pplan.defs, pplan.scenarios
     else:
         defs = adhoc_defs(port or [], check or [])
+    check_port_offset(defs, port_offset)
     target_list = gather_targets(targets or [], targets_file or [], yes=yes)
     if pplan is not None:
         target_list = bind_roles(pplan, target_list, role)

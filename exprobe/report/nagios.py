@@ -17,6 +17,7 @@ time.  Exit codes 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from exprobe.hops import break_where
@@ -73,6 +74,14 @@ def _warnings(report: RunReport) -> list[str]:
             seen.add((where, w))
             out.append(f"{where} {x.id}: {w}")
     return out
+
+
+def _counts(items: Iterable[str]) -> list[tuple[str, int]]:
+    """How many of each, in first-seen order."""
+    out: dict[str, int] = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return list(out.items())
 
 
 def evaluate(report: RunReport, *, verbose: bool = False) -> Verdict:
@@ -133,11 +142,17 @@ def evaluate(report: RunReport, *, verbose: bool = False) -> Verdict:
                 if x.passed
             ]
         addrs = len({x.address for x in verdicts})
-        base = (
-            f"{len(failed)} of {_plural(len(verdicts), 'scenario')} fail"
-            if failed
-            else f"{_plural(len(verdicts), 'scenario')} pass on {_plural(addrs, 'address')}"
-        )
+        others = [x for x in verdicts if not x.passed and not x.failed]
+        if failed:
+            base = f"{len(failed)} of {_plural(len(verdicts), 'scenario')} fail"
+        elif others:
+            # Skipped, not enabled, unknown: said, never counted as passing.
+            kinds = ", ".join(f"{n} {k}" for k, n in _counts(x.verdict for x in others))
+            passed = len(verdicts) - len(others)
+            base = (f"{passed} of {_plural(len(verdicts), 'scenario')} pass on"
+                    f" {_plural(addrs, 'address')} ({kinds})")  # fmt: skip
+        else:
+            base = f"{_plural(len(verdicts), 'scenario')} pass on {_plural(addrs, 'address')}"
     else:
         failed_r = [r for r in results if not r.ok and r.status is not Status.SKIPPED]
         for r in failed_r:
@@ -253,8 +268,11 @@ def perfdata(report: RunReport) -> list[str]:
     if verdicts:
         n = len(verdicts)
         passed = sum(x.passed for x in verdicts)
+        failed = sum(x.failed for x in verdicts)
         add("scenarios_pass", f"{passed};;;0;{n}")
-        add("scenarios_fail", f"{n - passed};;;0;{n}")
+        add("scenarios_fail", f"{failed};;;0;{n}")
+        if passed + failed < n:  # skipped, not enabled or unknown
+            add("scenarios_other", f"{n - passed - failed};;;0;{n}")
     if report.duration_ms is not None:
         add("run_time", f"{perf_number(report.duration_ms / 1000)}s;;;0")
     return items
