@@ -141,6 +141,62 @@ def test_probe_profile_scenario(exporter: Exporter, listener: LoopbackServer) ->
     assert {s.labels["check"] for s in metrics(body)["exprobe_check_success"]} == {"web"}
 
 
+ROLES_PROFILE = """\
+schema_version = 1
+title = "roles over the exporter"
+
+[vantages]
+client = "the client subnet"
+mbx = "another Mailbox server"
+
+[roles]
+dc = "a domain controller"
+
+[checks.web]
+probe = "tcp"
+port = {port}
+
+[checks.gc]
+probe = "tcp"
+port = {port}
+role = "dc"
+
+[scenarios.reach]
+title = "Reach"
+vantages = ["client"]
+all = ["web"]
+
+[scenarios.directory]
+title = "Directory"
+vantages = ["mbx"]
+all = ["gc"]
+"""
+
+
+def test_probe_vantage_and_roles(tmp_path: Path, listener: LoopbackServer) -> None:
+    """`vantage=` selects the scenarios; the one target plays the primary role, so a
+    scenario needing another role's host is skipped (said, not failed)."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "roles.toml").write_text(ROLES_PROFILE.format(port=listener.port))
+    exp = start_exporter(tmp_path / "serve.log", "--profile-dir", str(tmp_path / "profiles"))
+    try:
+        code, body, _ = exp.get("/probe?target=127.0.0.1&profile=roles&vantage=mbx")
+        assert code == 200, body
+        labels = {"scenario": "directory", "address": "127.0.0.1", "target": "127.0.0.1"}
+        assert value(body, "exprobe_scenario_verdict", verdict="skipped", **labels) == 1.0
+        assert value(body, "exprobe_scenario_pass", **labels) == 0.0
+        assert value(body, "exprobe_probe_success") == 1.0
+        assert metrics(body)["exprobe_check_success"] == []  # the DC's check: no DC here
+        code, body, _ = exp.get("/probe?target=127.0.0.1&profile=roles&vantage=client")
+        assert value(body, "exprobe_scenario_verdict", verdict="pass", scenario="reach",
+                     address="127.0.0.1", target="127.0.0.1") == 1.0  # fmt: skip
+        code, body, _ = exp.get("/probe?target=127.0.0.1&profile=roles&vantage=dmz")
+        assert code == 400
+        assert "--vantage 'dmz': profile 'roles' has no such vantage (known: client, mbx)" in body
+    finally:
+        assert stop(exp.proc) == 0
+
+
 def test_scrape_timeout_header_bounds_the_probe(exporter: Exporter) -> None:
     # A peer that accepts and never speaks: the banner check ends at the probe's budget.
     with LoopbackServer() as tarpit:

@@ -47,14 +47,15 @@ def _timestamp(text: Any) -> float | None:
 
 
 def probe_success(report: RunReport) -> bool:
-    """Every scenario passed (or, without scenarios, every check succeeded)."""
+    """No scenario failed (or, without scenarios, every check succeeded): as the exit
+    code, a scenario skipped (no host for its role), not enabled or unknown is no failure."""
     if report.interrupted:
         return False
     if report.expectations is not None:
         return all(e.get("met") for e in report.expectations)
     verdicts = report.all_verdicts()
     if verdicts:
-        return all(v.passed for v in verdicts)
+        return not any(v.failed for v in verdicts)
     results = report.all_results()
     return bool(results) and all(r.ok for r in results)
 
@@ -187,7 +188,7 @@ def families(report: RunReport, *, probe: bool = False) -> Iterator[Any]:
     if probe:
         yield GaugeMetricFamily(
             "exprobe_probe_success",
-            "1 when every selected scenario (or check) passed.",
+            "1 when no selected scenario failed (or every check passed).",
             value=1.0 if probe_success(report) else 0.0,
         )
 
