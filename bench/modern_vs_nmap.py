@@ -156,7 +156,7 @@ def compare(report: dict[str, Any], nmap: dict[str, Any]) -> list[str]:
     nc = next(
         (e.text for e in rootdse.iter("elem") if e.get("key") == "defaultNamingContext"), None
     )
-    assert nc == by[(dc, "dc-ldap")]["facts"]["rootdse"]["defaultNamingContext"][0], nc
+    assert nc == by[(dc, "dc-ldap")]["facts"]["default_naming_context"], nc
     said.append("defaultNamingContext")
     sec = nmap[dc]["hostscripts"].get("smb2-security-mode")
     if sec is not None:
