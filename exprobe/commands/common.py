@@ -237,7 +237,7 @@ def bind_roles(
 ) -> list[Target]:
     """The targets plus one per `--role NAME=HOST`, each labelled `role=NAME`; every role
     named (also by a target file's `role=` label) must be one the profile knows."""
-    known = [plan.judging.primary_role, *plan.judging.roles]
+    known = plan.judging.role_names()
     out = list(targets)
     for text in roles or []:
         name, eq, host = text.partition("=")

@@ -199,6 +199,10 @@ class Judging:
     roles: dict[str, str] = dataclasses.field(default_factory=dict)
     titles: dict[str, str] = dataclasses.field(default_factory=dict)  # check id: its title
 
+    def role_names(self) -> list[str]:
+        """Every role a target can be bound to: the primary one, then the declared ones."""
+        return [self.primary_role, *(r for r in self.roles if r != self.primary_role)]
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -290,8 +294,8 @@ class Profile:
         )
 
     def role_names(self) -> list[str]:
-        """Every role a target can be bound to: the primary one, then the declared ones."""
-        return [self.primary_role, *(r for r in self.roles if r != self.primary_role)]
+        """Every role a target can be bound to (see `Judging.role_names`)."""
+        return self.judging().role_names()
 
     def info(self) -> dict[str, Any]:
         """The report's `profile` object."""
